@@ -1,0 +1,67 @@
+"""Prototype clustering: per-label mean features as centres (ClusterFit App. A).
+
+Instead of k-means, each label's centre is the mean feature of its items, and every item
+(labelled or not) is assigned to its nearest centre in one assignment step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from clusterfit.cluster.kmeans import _normalise_rows, _RawRows, _Source, _TorchAssigner, _validate
+from clusterfit.errors import DataError
+
+__all__ = ["prototype_clusters"]
+
+
+def prototype_clusters(
+    X: Any, labels: np.ndarray, *, spherical: bool = False, chunk_size: int = 16384
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres = per-label means of X; one assignment step (ClusterFit App. A).
+
+    X: N x D float (numpy, memmap, tensor), read in chunks. labels: N ints, -1 = unknown (such
+    items get a centre but define none). spherical: rows are L2-normalised first, the centres are
+    the normalised means and assignment is by cosine.
+
+    Returns (assignments N int64, centroids L x D float32) where centroid j is the mean of label
+    ``np.unique(labels[labels >= 0])[j]`` -- so cluster id == label when the labels are 0..L-1.
+    """
+    rows = _RawRows(X)
+    lab = np.asarray(labels).reshape(-1)
+    if lab.dtype.kind not in "iu":
+        raise DataError(f"labels must be integers, got dtype {lab.dtype}")
+    if lab.shape[0] != rows.n:
+        raise DataError(f"labels has {lab.shape[0]} items but X has {rows.n} rows")
+    known = lab >= 0
+    if not known.any():
+        raise DataError("prototype clustering needs labelled items; every label is -1")
+    values, index = np.unique(lab[known], return_inverse=True)
+    group = np.full(rows.n, -1, dtype=np.int64)
+    group[known] = index
+    n_proto = len(values)
+
+    cpu = torch.device("cpu")
+    src = _Source.of_rows(rows, 0, rows.n, chunk_size, cpu)
+    _validate(src, 0, spherical, cpu)
+    if spherical:
+        src.transform = _normalise_rows
+    sums = torch.zeros((n_proto, rows.d), dtype=torch.float64)
+    for a, x in src.chunks():
+        g = torch.from_numpy(group[a : a + x.shape[0]])
+        keep = g >= 0
+        sums.index_add_(0, g[keep], x[keep].double())
+    counts = torch.from_numpy(np.bincount(index, minlength=n_proto)).double()
+    centroids = sums / counts[:, None]
+    if spherical:
+        centroids = _normalise_rows(centroids)
+    centroids = centroids.float()
+
+    assigner = _TorchAssigner(spherical)
+    assigner.set_centroids(centroids)
+    assignments = np.empty(rows.n, dtype=np.int64)
+    for a, x in src.chunks():
+        assignments[a : a + x.shape[0]] = assigner.assign(x)[0].numpy()
+    return assignments, centroids.numpy()
