@@ -126,7 +126,9 @@ def test_default_loss_is_summed_cross_entropy_by_hand():
     ta, tb = torch.tensor([1, 0]), torch.tensor([2, 1])
 
     def ce(z, y):
-        return sum(math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in zip(z, y))
+        return sum(
+            math.log(sum(math.exp(v) for v in row)) - row[t] for row, t in zip(z, y, strict=True)
+        )
 
     za, zb = a.tolist(), b.tolist()
     want = ce(za, ta.tolist()) / 2 + ce(zb, tb.tolist()) / 2

@@ -102,13 +102,13 @@ class SupervisedObjective(Objective):
             raise ConfigError(f"num_classes must be positive, got {num_classes}")
         self.label_noise = float(label_noise)
         self.num_classes = None if num_classes is None else int(num_classes)
+        self._fixed_classes = self.num_classes
         self._config = {"label_noise": self.label_noise, "num_classes": self.num_classes}
 
     def head_sizes(self, num_classes: int | None) -> list[int]:
         """``[K]``; the dataset's ``num_classes`` must agree with the constructor's if both set."""
-        k = _resolve_classes(self.num_classes, num_classes, self.name)
-        if self.num_classes is None:
-            self.num_classes = k
+        k = _resolve_classes(self._fixed_classes, num_classes, self.name)
+        self.num_classes = k
         return [k]
 
     def item_targets(self, labels: np.ndarray, seed: int) -> list[np.ndarray]:

@@ -216,8 +216,8 @@ class WeakLabelObjective(Objective):
         mode: ``"sample"``: one label drawn per item, fixed by the seed of :meth:`item_targets`,
             cross-entropy (the paper's video datasets); ``"multilabel"``: multi-hot targets and
             binary cross-entropy with logits, summed over classes, averaged over the batch.
-        num_classes: number of classes K. None: the dataset's (given to :meth:`head_sizes`),
-            else ``len(class_names)``, else the largest weak label + 1.
+        num_classes: number of classes K. None: ``len(class_names)`` when given, else the
+            dataset's (given to :meth:`head_sizes`), else the largest weak label + 1.
         class_names: names for class-name labels in the file.
 
     Per-item target, one head of size K: ``"sample"``: int64, N; ``"multilabel"``: uint8
@@ -254,6 +254,7 @@ class WeakLabelObjective(Objective):
                 f"weak label {largest} is outside [0, {num_classes}); raise num_classes"
             )
         self.num_classes = num_classes
+        self._fixed_classes = num_classes
         self._largest = largest
         self._config = {
             "weak_labels": self.source if self.source is not None else "<in memory>",
@@ -267,9 +268,10 @@ class WeakLabelObjective(Objective):
 
     def head_sizes(self, num_classes: int | None) -> list[int]:
         """``[K]``."""
-        if self.num_classes is None and not num_classes:
-            self.num_classes = self._largest + 1
-        k = _resolve_classes(self.num_classes, num_classes, self.name)
+        if self._fixed_classes is None and not num_classes:
+            k = self._largest + 1
+        else:
+            k = _resolve_classes(self._fixed_classes, num_classes, self.name)
         if k <= self._largest:
             raise ConfigError(f"weak label {self._largest} is outside the {k} classes")
         self.num_classes = k
