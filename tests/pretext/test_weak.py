@@ -82,7 +82,7 @@ def test_sampling_picks_from_each_set_and_is_seeded():
 def test_objective_sample_mode(tmp_path):
     f = tmp_path / "w.json"
     f.write_text(json.dumps([[0, 1], [2], [1, 3], [0]]))
-    obj = get_objective("weak", weak_labels=str(f), mode="sample")
+    obj = get_objective("weak", path=str(f), mode="sample", n_items=4)
     assert obj.distillable and not obj.uses_labels and not obj.multilabel
     assert obj.head_sizes(None) == [4]
     assert obj.head_sizes(6) == [6]  # the dataset may have classes the file never uses
@@ -90,12 +90,14 @@ def test_objective_sample_mode(tmp_path):
     assert t[1] == 2 and t[3] == 0 and t[0] in (0, 1) and t[2] in (1, 3)
     with pytest.raises(DataError, match="cover 4 items"):
         obj.item_targets(np.zeros(5, dtype=np.int64), seed=0)
-    assert obj.config()["weak_labels"] == str(f)
+    assert obj.config()["path"] == str(f)
+    with pytest.raises(DataError, match="no weak labels"):
+        get_objective("weak", path=f, n_items=5)
 
 
 def test_objective_multilabel_targets_and_bce_by_hand():
     weak = [[0, 2], [1], [0, 1, 2]]
-    obj = WeakLabelObjective(weak, mode="multilabel", num_classes=3)
+    obj = WeakLabelObjective(weak_labels=weak, mode="multilabel", num_classes=3)
     assert obj.multilabel and obj.head_sizes(3) == [3]
     (t,) = obj.item_targets(np.zeros(3, dtype=np.int64), seed=0)
     np.testing.assert_array_equal(t, [[1, 0, 1], [0, 1, 0], [1, 1, 1]])
@@ -119,8 +121,14 @@ def test_objective_multilabel_targets_and_bce_by_hand():
 
 def test_objective_argument_errors():
     with pytest.raises(ConfigError, match="mode"):
-        WeakLabelObjective([[0]], mode="all")
+        WeakLabelObjective(weak_labels=[[0]], mode="all")
     with pytest.raises(ConfigError, match="outside"):
-        WeakLabelObjective([[0, 5]], num_classes=3)
+        WeakLabelObjective(weak_labels=[[0, 5]], num_classes=3)
     with pytest.raises(DataError, match="no labels"):
-        WeakLabelObjective([[0], []])
+        WeakLabelObjective(weak_labels=[[0], []])
+    with pytest.raises(ConfigError, match="exactly one"):
+        WeakLabelObjective()
+    with pytest.raises(DataError, match="dataset has 3"):
+        WeakLabelObjective(weak_labels=[[0], [1]], n_items=3)
+    obj = WeakLabelObjective(weak_labels=[["dog"], ["cat", 2]], class_names=NAMES)
+    assert obj.weak == [[1], [0, 2]] and obj.head_sizes(None) == [4]

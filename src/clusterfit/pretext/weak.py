@@ -212,13 +212,16 @@ class WeakLabelObjective(Objective):
     """Training on several weak labels per item (ClusterFit §4.1, App. B).
 
     Args:
-        weak_labels: a weak-label file (see the module docstring) or, per item, its labels.
+        path: a weak-label file (format in the module docstring).
         mode: ``"sample"``: one label drawn per item, fixed by the seed of :meth:`item_targets`,
             cross-entropy (the paper's video datasets); ``"multilabel"``: multi-hot targets and
             binary cross-entropy with logits, summed over classes, averaged over the batch.
         num_classes: number of classes K. None: ``len(class_names)`` when given, else the
             dataset's (given to :meth:`head_sizes`), else the largest weak label + 1.
         class_names: names for class-name labels in the file.
+        n_items: the dataset's size, checked against the file when given (it is checked again
+            by :meth:`item_targets`).
+        weak_labels: instead of ``path``, per item its labels (class indices or names).
 
     Per-item target, one head of size K: ``"sample"``: int64, N; ``"multilabel"``: uint8
     ``N x K`` (so ``multilabel`` is True and batches carry ``B x K`` targets).
@@ -229,23 +232,34 @@ class WeakLabelObjective(Objective):
 
     def __init__(
         self,
-        weak_labels: str | os.PathLike[str] | Sequence[Sequence[int]],
+        path: str | os.PathLike[str] | None = None,
         mode: str = "sample",
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
+        n_items: int | None = None,
+        weak_labels: Sequence[Sequence[int | str]] | None = None,
     ) -> None:
         if mode not in _MODES:
             raise ConfigError(f"weak-label mode must be one of {list(_MODES)}, got {mode!r}")
+        if (path is None) == (weak_labels is None):
+            raise ConfigError(
+                "the weak-label objective needs exactly one of 'path' (a weak-label file) and "
+                "'weak_labels' (a list of label lists)"
+            )
         self.mode = mode
-        if isinstance(weak_labels, (str, os.PathLike)):
-            self.source: str | None = str(weak_labels)
-            self.weak = load_weak_labels(weak_labels, None, class_names)
+        if path is not None:
+            self.source: str | None = str(path)
+            self.weak = load_weak_labels(path, n_items, class_names)
         else:
             self.source = None
             self.weak = [
                 _to_classes(list(s), _names(class_names), f"weak_labels item {i}")
                 for i, s in enumerate(weak_labels)
             ]
+            if n_items is not None and n_items != len(self.weak):
+                raise DataError(
+                    f"weak_labels lists {len(self.weak)} items but the dataset has {n_items}"
+                )
         if num_classes is None and class_names is not None:
             num_classes = len(class_names)
         largest = max((max(s) for s in self.weak), default=-1)
@@ -257,7 +271,7 @@ class WeakLabelObjective(Objective):
         self._fixed_classes = num_classes
         self._largest = largest
         self._config = {
-            "weak_labels": self.source if self.source is not None else "<in memory>",
+            "path": self.source if self.source is not None else "<in memory>",
             "mode": mode,
             "num_classes": num_classes,
         }
