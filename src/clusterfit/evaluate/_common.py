@@ -34,10 +34,11 @@ def as_labels(y: np.ndarray | torch.Tensor, n: int, name: str) -> np.ndarray:
         y = y.detach().cpu().numpy()
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n:
-        raise DataError(f"{name} must be a vector of {n} labels (one per feature row), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise DataError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        raise DataError(
+            f"{name} must be a vector of {n} labels (one per feature row), got {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+        raise DataError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
         raise DataError(

@@ -29,6 +29,8 @@ Choices made here, beyond the paper:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -111,6 +113,25 @@ def _standardised(
     return out
 
 
+@contextmanager
+def _threads_for(flops_per_step: float) -> Iterator[None]:
+    """Run tiny problems on one CPU thread.
+
+    Below about a million multiply-adds per step, the per-operation cost of waking the other
+    OpenMP threads exceeds the work (and on a busy machine it grows tenfold), so the number of
+    torch threads is set to 1 for the block and restored afterwards.
+    """
+    previous = torch.get_num_threads()
+    small = flops_per_step < 1e6 and previous > 1
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(previous)
+
+
 def _train_stacked(
     z: torch.Tensor,
     y: torch.Tensor,
@@ -147,25 +168,27 @@ def _train_stacked(
     bs = min(batch_size, n)
     perm = torch.randperm(n, generator=gen).to(z.device)
     pos = 0
-    for step in tqdm(range(n_updates), desc=desc, disable=not progress, leave=False):
-        if pos + bs > n:
-            perm = torch.randperm(n, generator=gen).to(z.device)
-            pos = 0
-        idx = perm[pos : pos + bs]
-        pos += bs
-        xb = z.index_select(0, idx)
-        yb = y.index_select(0, idx)
-        logits = torch.addmm(b, xb, w.t()).view(bs, n_lr, n_classes)
-        g = torch.softmax(logits, dim=2)
-        g[torch.arange(bs, device=z.device), :, yb] -= 1.0
-        g = g.view(bs, rows).div_(bs)
-        grad_w = torch.mm(g.t(), xb).add_(w, alpha=weight_decay)
-        buf_w.mul_(momentum).add_(grad_w)
-        buf_b.mul_(momentum).add_(g.sum(0))
-        # Base rate, divided by 10 after each third of the updates.
-        lr = (base * 0.1 ** min(3 * step // n_updates, 2)).unsqueeze(1)
-        w.addcmul_(buf_w, lr, value=-1.0)
-        b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
+    rows_b = torch.arange(bs, device=z.device)
+    cpu = z.device.type == "cpu"
+    with _threads_for(bs * d * rows if cpu else math.inf):
+        for step in tqdm(range(n_updates), desc=desc, disable=not progress, leave=False):
+            if pos + bs > n:
+                perm = torch.randperm(n, generator=gen).to(z.device)
+                pos = 0
+            idx = perm[pos : pos + bs]
+            pos += bs
+            xb = z.index_select(0, idx)
+            logits = torch.addmm(b, xb, w.t()).view(bs, n_lr, n_classes)
+            g = torch.softmax(logits, dim=2)
+            g[rows_b, :, y.index_select(0, idx)] -= 1.0
+            g = g.view(bs, rows).div_(bs)
+            grad_w = torch.mm(g.t(), xb).add_(w, alpha=weight_decay)
+            buf_w.mul_(momentum).add_(grad_w)
+            buf_b.mul_(momentum).add_(g.sum(0))
+            # Base rate, divided by 10 after each third of the updates.
+            lr = (base * 0.1 ** min(3 * step // n_updates, 2)).unsqueeze(1)
+            w.addcmul_(buf_w, lr, value=-1.0)
+            b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
     if not torch.isfinite(w).all():
         raise ClusterFitError(
             f"linear probe diverged (non-finite weights) with learning rates {lrs}; pass smaller "
@@ -222,6 +245,7 @@ def linear_probe(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    return_predictions: bool = False,
 ) -> dict[str, Any]:
     """Train a linear classifier on frozen features and report its test accuracy.
 
@@ -243,13 +267,15 @@ def linear_probe(
         seed: seeds the validation split and the mini-batch order.
         device: torch device; None = CUDA when available, else CPU.
         progress: show tqdm bars.
+        return_predictions: also return the test predictions.
 
     Returns:
         dict with ``top1``, ``top5`` (test accuracy, percent; top-5 is capped at the number of
         classes), ``lr`` (chosen base rate), ``val_top1`` / ``val_loss`` (dict lr -> value, empty
         with a single rate), ``train_top1`` (final classifier on the train split),
         ``n_updates``, ``epochs`` (float: updates per pass over the train split),
-        ``n_train``, ``n_val``, ``n_test``, ``n_classes``, ``dims``.
+        ``n_train``, ``n_val``, ``n_test``, ``n_classes``, ``dims``; with
+        ``return_predictions``, ``predictions``: M int64 predicted labels (ids of ``y_train``).
     """
     x_tr = as_features(X_train, "X_train")
     x_te = as_features(X_test, "X_test")
@@ -318,7 +344,7 @@ def linear_probe(
     del z_tr
     z_te = _standardised(x_te, None, mean, inv_std)
     top1, top5, _ = _evaluate(z_te, torch.from_numpy(y_te).to(dev), w, b)
-    return {
+    out = {
         "top1": top1[0],
         "top5": top5[0],
         "lr": chosen,
@@ -333,3 +359,7 @@ def linear_probe(
         "n_classes": n_classes,
         "dims": x_tr.shape[1],
     }
+    if return_predictions:
+        pred = torch.addmm(b[0], z_te, w[0].t()).argmax(dim=1).cpu().numpy()
+        out["predictions"] = np.unique(y_tr_raw)[pred]
+    return out

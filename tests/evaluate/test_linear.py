@@ -1,0 +1,123 @@
+"""Linear probe: separable data, chance on noise, learning rate chosen without the test split."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from clusterfit.errors import ClusterFitError, DataError
+from clusterfit.evaluate.linear import linear_probe, stratified_split
+
+
+def _blobs(n: int, d: int, c: int, seed: int, spread: float = 0.3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    x = np.zeros((n, d), np.float32)
+    x[np.arange(n), y] = 1.0  # class c lives on axis c: exactly linearly separable
+    x += spread * rng.uniform(-1, 1, (n, d)).astype(np.float32) / d
+    return x, y
+
+
+def test_separable_features_reach_100_percent():
+    x, y = _blobs(700, 16, 6, seed=0)
+    out = linear_probe(x[:500], y[:500], x[500:], y[500:], n_updates=150, progress=False)
+    assert out["top1"] == 100.0
+    assert out["top5"] == 100.0
+    assert out["train_top1"] == 100.0
+    assert out["n_val"] == sum(round(0.1 * n) for n in np.bincount(y[:500]))
+    assert set(out["val_top1"]) == {0.1, 0.01, 0.001}
+    assert out["epochs"] == pytest.approx(150 / math.ceil(500 / 256))
+
+
+def test_random_labels_give_chance():
+    # Test labels are drawn independently of everything the probe sees, so *whatever* it
+    # predicts, each test item is right with probability exactly 1/C and the test top-1 is
+    # Binomial(M, 1/C) / M. With M = 2000, C = 4 its std is sqrt(.25 * .75 / 2000) = 0.97
+    # points; we allow 4.5 std (two-sided chance of a false failure < 1e-5). Top-5 with
+    # C = 10 is likewise Binomial(M, 1/2) / M (std 1.12 points).
+    rng = np.random.default_rng(1)
+    m = 2000
+    x_tr, x_te = rng.normal(size=(800, 40)), rng.normal(size=(m, 40))
+    for c, metric, p in ((4, "top1", 0.25), (10, "top5", 0.5)):
+        y_tr, y_te = rng.integers(0, c, 800), rng.integers(0, c, m)
+        out = linear_probe(x_tr, y_tr, x_te, y_te, lrs=(0.01,), n_updates=60, progress=False)
+        std = 100 * math.sqrt(p * (1 - p) / m)
+        assert abs(out[metric] - 100 * p) < 4.5 * std, (metric, out[metric])
+
+
+def _two_lr_data():
+    # Classes that differ along a low-variance direction hidden among high-variance noise:
+    # a large and a tiny learning rate end up with visibly different classifiers.
+    rng = np.random.default_rng(2)
+    n, d = 900, 30
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, d)) * 3.0
+    x[:, 0] = y + 0.6 * rng.normal(size=n)
+    x[:, 1] = (y == 1) + 0.6 * rng.normal(size=n)
+    return x.astype(np.float32), y
+
+
+def test_learning_rate_is_chosen_on_validation_not_on_test():
+    x, y = _two_lr_data()
+    x_tr, y_tr, x_te, y_te = x[:600], y[:600], x[600:], y[600:]
+    lrs = (1.0, 1e-4)
+    kw = dict(n_updates=120, progress=False, return_predictions=True)
+    out = linear_probe(x_tr, y_tr, x_te, y_te, lrs=lrs, **kw)
+    chosen, other = out["lr"], next(v for v in lrs if v != out["lr"])
+    # With one rate the probe trains exactly the final classifier of that rate.
+    single = {v: linear_probe(x_tr, y_tr, x_te, y_te, lrs=(v,), **kw) for v in lrs}
+    np.testing.assert_array_equal(single[chosen]["predictions"], out["predictions"])
+    differ = single[chosen]["predictions"] != single[other]["predictions"]
+    assert differ.sum() >= 5
+    # Adversarial test labels: the rejected rate is right wherever the two disagree, so a
+    # selection that looked at the test split would now pick it.
+    y_adv = np.where(differ, single[other]["predictions"], y_te)
+    acc = {v: 100 * np.mean(single[v]["predictions"] == y_adv) for v in lrs}
+    assert acc[other] > acc[chosen]
+    adv = linear_probe(x_tr, y_tr, x_te, y_adv, lrs=lrs, **kw)
+    assert adv["lr"] == chosen
+    assert adv["val_top1"] == out["val_top1"]
+    assert adv["top1"] == pytest.approx(acc[chosen])
+    # Test features do not matter either.
+    blank = linear_probe(x_tr, y_tr, np.zeros_like(x_te), y_te, lrs=lrs, **kw)
+    assert blank["lr"] == chosen and blank["val_loss"] == out["val_loss"]
+
+
+def test_validation_items_are_held_out_of_training():
+    # Random labels on as many dimensions as items: the probe (nearly) memorises its training items
+    # but cannot beat chance (25%) on items it did not train on. 40 validation items: chance has
+    # std 6.8 points, so 60% is over 5 std above it.
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(400, 400)).astype(np.float32), rng.integers(0, 4, 400)
+    out = linear_probe(x, y, x[:10], y[:10], lrs=(0.1, 0.01), n_updates=100, progress=False)
+    assert out["n_val"] == 40
+    assert out["train_top1"] > 90.0
+    assert max(out["val_top1"].values()) < 60.0
+
+
+def test_stratified_split_is_stratified_seeded_and_disjoint():
+    y = np.repeat(np.arange(4), [50, 20, 10, 1])
+    fit, val = stratified_split(y, 0.1, seed=3)
+    assert np.intersect1d(fit, val).size == 0
+    assert np.union1d(fit, val).size == len(y)
+    np.testing.assert_array_equal(np.bincount(y[val], minlength=4), [5, 2, 1, 0])
+    _, val2 = stratified_split(y, 0.1, seed=3)
+    np.testing.assert_array_equal(val, val2)
+    assert not np.array_equal(val, stratified_split(y, 0.1, seed=4)[1])
+
+
+def test_epochs_override_and_errors():
+    x, y = _blobs(300, 8, 3, seed=5)
+    out = linear_probe(x, y, x, y, lrs=(0.01,), epochs=3, batch_size=64, progress=False)
+    assert out["n_updates"] == 3 * math.ceil(300 / 64)
+    with pytest.raises(DataError, match="X_test"):
+        linear_probe(x, y, x[:, :4], y, progress=False)
+    with pytest.raises(DataError, match="negative"):
+        linear_probe(x, y - 1, x, y, progress=False)
+    with pytest.raises(ClusterFitError, match="validation"):
+        linear_probe(x[:3], y[:3], x, y, progress=False)
+    with pytest.warns(UserWarning, match="absent"):
+        out = linear_probe(x, y, x, np.full(300, 7), lrs=(0.01,), n_updates=5, progress=False)
+    assert out["top1"] == 0.0
