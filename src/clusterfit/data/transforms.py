@@ -22,7 +22,7 @@ import torch.nn.functional as F
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (any shape) -> float32 in [0, 1] (``x / 255``); float input is returned."""
     if images.dtype == torch.uint8:
-        return images.float().mul_(1.0 / 255)
+        return images.float().div_(255)
     if images.is_floating_point():
         return images
     raise TypeError(f"expected uint8 or float images, got {images.dtype}")
