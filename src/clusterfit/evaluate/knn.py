@@ -63,7 +63,12 @@ def knn_scores(
         raise ClusterFitError(f"temperature={temperature} must be positive")
     if chunk_size < 1:
         raise ClusterFitError(f"chunk_size={chunk_size} must be positive")
+    X_train = as_features(X_train, "X_train")
+    X_test = as_features(X_test, "X_test")
+    check_dims(X_train, X_test, "X_train", "X_test")
     n_train = X_train.shape[0]
+    if len(y_train) != n_train:
+        raise ClusterFitError(f"y_train has {len(y_train)} labels for {n_train} feature rows")
     if k > n_train:
         warnings.warn(f"k={k} exceeds the {n_train} train items; using k={n_train}", stacklevel=2)
         k = n_train
