@@ -84,6 +84,7 @@ def save_entry(cache_dir: Path, key: str, images: np.ndarray, meta: dict) -> Pat
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=cache_dir)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=images, meta=np.array(json.dumps(meta)))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
         os.replace(tmp, path)
         return path
     except OSError as e:

@@ -75,7 +75,11 @@ def decode_image(path: str | Path, size: tuple[int, int] | None = None) -> np.nd
     with Image.open(io.BytesIO(data)) as img:
         if size is not None and img.format == "JPEG":
             img.draft(img.mode, cover_size(img.width, img.height, *size))
-        img = img.convert("L") if img.mode in GREY_MODES else img.convert("RGB")
+        target = "L" if img.mode in GREY_MODES else "RGB"
+        if img.mode == target:
+            img.load()  # convert() would copy; an image already in the target mode needs none
+        else:
+            img = img.convert(target)
         if size is not None:
             img = resize_cover(img, *size)
         return np.asarray(img)

@@ -37,14 +37,14 @@ from clusterfit.errors import DataError
 class FileList:
     """Image files to decode, with labels.
 
-    paths: absolute image paths, in item order.
+    paths: absolute image paths (strings, for speed on large lists), in item order.
     labels: int64 array (len(paths),), class index or -1 where unknown.
     classes: class names, index = label; empty when nothing is labelled.
     root: the folder that relative names are taken against (for fingerprints and messages).
     source: human description of where the list came from.
     """
 
-    paths: list[Path]
+    paths: list[str]
     labels: np.ndarray
     classes: list[str]
     root: Path
@@ -53,7 +53,12 @@ class FileList:
 
     def names(self) -> list[str]:
         """Paths relative to :attr:`root` (``../`` where outside it), with ``/`` separators."""
-        return [Path(os.path.relpath(p, self.root)).as_posix() for p in self.paths]
+        prefix = os.path.join(str(self.root), "")
+        names = [
+            p[len(prefix) :] if p.startswith(prefix) else os.path.relpath(p, self.root)
+            for p in self.paths
+        ]
+        return names if os.sep == "/" else [n.replace(os.sep, "/") for n in names]
 
     def take(self, indices: np.ndarray) -> FileList:
         """The items at ``indices`` (int array), in that order; classes are kept."""
@@ -119,7 +124,7 @@ def read_csv(csv_path: Path, split: str | None = None) -> FileList:
     if not rows:
         raise DataError(f"CSV file list {csv_path} lists no images; add rows below the header.")
 
-    paths: list[Path] = []
+    paths: list[str] = []
     names: list[str] = []
     for line, row in rows:
         cell = row["path"]
@@ -133,7 +138,7 @@ def read_csv(csv_path: Path, split: str | None = None) -> FileList:
                 f"{csv_path}, line {line}: image {cell!r} not found (looked for {p}). "
                 "Relative paths are taken against the CSV file's folder."
             )
-        paths.append(p)
+        paths.append(str(p))
         names.append(row.get("label", "") if has_label else "")
 
     classes = sort_class_names([n for n in names if n])

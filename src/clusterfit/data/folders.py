@@ -35,14 +35,17 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(folder: Path) -> list[Path]:
+def _walk_images(folder: Path) -> list[str]:
     """All image files below ``folder`` (any depth, hidden entries skipped), sorted by path."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    top = str(folder)
+    found: list[tuple[str, str]] = []  # (relative name with "/", absolute path)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
-    found.sort(key=lambda p: p.relative_to(folder).as_posix())
-    return found
+        rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        rel = "" if rel == "." else rel + "/"
+        found.extend((rel + f, os.path.join(dirpath, f)) for f in filenames if is_image_file(f))
+    found.sort()
+    return [p for _, p in found]
 
 
 def resolve_split_folder(root: Path, split: str | None) -> Path:
@@ -71,7 +74,7 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
         raise DataError(f"image folder {source} does not exist or is not a folder.")
     root = resolve_split_folder(source, split)
 
-    loose: list[Path] = []
+    loose: list[str] = []
     class_dirs: list[str] = []
     with os.scandir(root) as it:
         for entry in it:
@@ -80,7 +83,7 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
             if entry.is_dir():
                 class_dirs.append(entry.name)
             elif entry.is_file() and is_image_file(entry.name):
-                loose.append(root / entry.name)
+                loose.append(os.path.join(str(root), entry.name))
     class_dirs.sort()
     per_class = {c: _walk_images(root / c) for c in class_dirs}
     empty = [c for c in class_dirs if not per_class[c]]
@@ -89,8 +92,8 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
     if labelled and loose:
         raise DataError(
             f"image folder {root} has both class sub-folders and images directly in it (e.g. "
-            f"{loose[0].name}). Move the loose images into a class folder, or into a folder of "
-            "their own to read them as unlabelled."
+            f"{os.path.basename(loose[0])}). Move the loose images into a class folder, or into "
+            "a folder of their own to read them as unlabelled."
         )
     if not labelled and not loose:
         raise DataError(
@@ -101,7 +104,7 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
         )
 
     if not labelled:
-        loose.sort(key=lambda p: p.name)
+        loose.sort()
         labels = np.full(len(loose), -1, dtype=np.int64)
         return FileList(paths=loose, labels=labels, classes=[], root=root, source=f"folder {root}")
 
@@ -111,7 +114,7 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
             "with no items.",
             stacklevel=3,
         )
-    paths: list[Path] = []
+    paths: list[str] = []
     labels_list: list[int] = []
     for i, c in enumerate(class_dirs):
         paths.extend(per_class[c])
