@@ -154,7 +154,12 @@ def _sweep_figure(
             if a.std > 0:
                 ax.axhspan(a.mean - a.std, a.mean + a.std, color=color, alpha=0.12)
         if x_key in ("k", "shots") and xs_all and min(xs_all) > 0:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log", base=2 if x_key == "shots" else 10)
+            ticks = sorted(xs_all)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"{metric} (%)")
         ax.set_title(f"{title} — {layer}", fontsize=10)
