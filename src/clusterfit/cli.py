@@ -1,0 +1,128 @@
+"""``clusterfit``: the command line. Subcommands map to ``stages.<x>.run``; nothing imports this.
+
+    clusterfit run [--config F] [--smoke] [key=value ...]        the whole pipeline
+    clusterfit pretrain|extract|cluster|fit|probe [same options]  one stage
+    clusterfit report RUN [RUN ...] [--out DIR]                   tables and plots
+    clusterfit config [--config F] [key=value ...]                print the resolved config
+    clusterfit models                                             list the model names
+
+User errors (bad config, missing data, K > N, ...) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from clusterfit.errors import ClusterFitError
+
+STAGE_HELP = {
+    "pretrain": "make N_pre (train a proxy objective, or take pre-trained weights)",
+    "extract": "N_pre's features of every item of the dataset",
+    "cluster": "k-means (or per-label / prototype) of the features into K clusters",
+    "fit": "train N_cf from scratch on the cluster ids",
+    "probe": "linear probes on frozen features of N_pre and N_cf, layer by layer",
+}
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="a YAML recipe (default: the built-in demo recipe)")
+    p.add_argument(
+        "--smoke", action="store_true", help="a tiny subset, one epoch per stage: checks a recipe"
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. cluster.k=100")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clusterfit",
+        description="ClusterFit (Yan et al., CVPR 2020): cluster a pre-trained network's features, "
+        "re-train a network on the cluster ids, and compare both by linear probes.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _config_args(sub.add_parser("run", help="run the whole pipeline (skipping finished stages)"))
+    for name, text in STAGE_HELP.items():
+        _config_args(sub.add_parser(name, help=text))
+    rep = sub.add_parser("report", help="tables and plots from one or more finished runs")
+    rep.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<name>)")
+    rep.add_argument("--out", type=Path, help="output folder (default: <first run>/report)")
+    _config_args(sub.add_parser("config", help="print the resolved config"))
+    sub.add_parser("models", help="list the model names create_model accepts")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from clusterfit.config import load_config, smoke
+
+    cfg = load_config(args.config, args.overrides)
+    return smoke(cfg) if args.smoke else cfg
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clusterfit import distributed
+    from clusterfit.stages import probe, report, run_pipeline
+
+    cfg = _load(args)
+    distributed.init_from_env()
+    started = time.perf_counter()
+    only = None if args.command == "run" else args.command
+    metas = run_pipeline(cfg, only=only)
+    if not distributed.is_main_process():
+        return 0
+    if "probe" in metas:
+        results = cfg.run_dir / "probe" / "results.json"
+        from clusterfit.artifacts import read_json
+
+        records = read_json(results)["records"]
+        print()
+        print(probe.format_table(records))
+        if only is None:
+            report.run([cfg.run_dir], cfg.run_dir / "report")
+            print(f"\nreport: {cfg.run_dir / 'report' / 'index.html'}")
+    print(f"done in {time.perf_counter() - started:.1f} s: {cfg.run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clusterfit`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "run"
+    if args.command is None:
+        args = parser.parse_args(["run", *argv])
+    try:
+        if command == "models":
+            from clusterfit.models import list_models
+
+            print("\n".join(list_models()))
+            return 0
+        if command == "config":
+            from clusterfit.config import to_yaml
+
+            print(to_yaml(_load(args)), end="")
+            return 0
+        if command == "report":
+            from clusterfit.stages import report
+
+            out = args.out or args.runs[0] / "report"
+            report.run(args.runs, out)
+            print(f"report: {out / 'index.html'}")
+            return 0
+        return _run(args)
+    except ClusterFitError as exc:
+        print(f"clusterfit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nclusterfit: interrupted; run the same command again to resume where it stopped",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

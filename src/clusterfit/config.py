@@ -1,0 +1,319 @@
+"""Run configuration: one dataclass per stage, YAML recipes and ``key=value`` overrides.
+
+A recipe (``configs/*.yaml``) is merged over the defaults below, then dotted overrides from the
+command line (``cluster.k=100 pretrain.train.epochs=30``). Every key and type is checked: an unknown
+key or a value of the wrong type is a :class:`~clusterfit.errors.ConfigError` naming the key.
+The bare defaults are the demo recipe (``configs/demo.yaml`` spells them out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clusterfit.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """The dataset D_cf that N_pre is trained on (when trained here), clustered and re-fit on.
+
+    ``source`` is ``bundled`` (the packaged Fashion-MNIST subset), an image folder (one
+    sub-folder per class, or none for unlabelled images) or a CSV file list (``path[,label]``).
+    """
+
+    source: str = "bundled"
+    split: str | None = "train"
+    image_size: int | None = None
+    limit: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """SGD recipe shared by N_pre, N_cf and the baselines (paper §3.2; App. B for details)."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: epoch fractions
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    augment: bool = True
+    crop_padding: int | None = None  # None: image size // 8
+    flip: bool = True
+    amp: bool = True  # bfloat16 autocast on GPU; ignored on CPU
+
+
+@dataclass
+class FitTrainConfig:
+    """Overrides of :class:`TrainConfig` for N_cf; a ``null`` field takes N_pre's value."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    milestones: list[float] | None = None
+    gamma: float | None = None
+    warmup_epochs: float | None = None
+    augment: bool | None = None
+    crop_padding: int | None = None
+    flip: bool | None = None
+    amp: bool | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """How N_pre is made.
+
+    ``objective``: ``supervised`` (with ``label_noise`` p, paper §3.2), ``weak`` (labels from
+    ``weak_labels``), ``rotnet``, ``jigsaw`` (paper §4.2), ``pretrained`` (the weights that
+    ``arch`` ships with, nothing trained) or ``checkpoint`` (a checkpoint file, nothing trained).
+    """
+
+    objective: str = "supervised"
+    arch: str = "resnet_cifar"
+    arch_kwargs: dict[str, Any] = field(default_factory=lambda: {"depth": 10, "width": 16})
+    checkpoint: str | None = None
+    label_noise: float = 0.5
+    weak_labels: str | None = None
+    weak_mode: str = "sample"
+    jigsaw_permutations: int = 2000
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class ExtractConfig:
+    """Features of N_pre that are clustered: one layer, average-pooled, optionally L2-normalised."""
+
+    layer: str = "pool"
+    normalize: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class ClusterConfig:
+    """Clustering of N_pre's features into K groups (paper §3.1; App. A for the alternatives)."""
+
+    method: str = "kmeans"  # kmeans | per_label | prototype
+    k: int = 50
+    n_iter: int = 25
+    spherical: bool = False
+    init: str = "random"  # random | k-means++
+    backend: str = "auto"  # auto | faiss | torch
+    subsample: float | None = None  # a fraction (<= 1) or a count of points to train on
+    refine_iter: int = 0  # more iterations over all points after training on the subsample
+    pca_dim: int | None = None
+    whiten: bool = False
+
+
+@dataclass
+class FitConfig:
+    """N_cf: trained from scratch on the cluster ids; by default N_pre's architecture and recipe."""
+
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] | None = None
+    train: FitTrainConfig = field(default_factory=FitTrainConfig)
+
+
+@dataclass
+class TargetConfig:
+    """A labelled transfer target for the linear probes: a train and a test split."""
+
+    name: str = "fashion-mnist-small"
+    source: str = "bundled"
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int | None = None
+    limit: int | None = None  # at most this many train items (class-balanced)
+    test_limit: int | None = None  # at most this many test items (class-balanced)
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probes on frozen features of several layers (paper App. D, Goyal et al. 2019)."""
+
+    layers: list[str] = field(default_factory=lambda: ["conv1", "res2", "res3", "res4", "res5"])
+    targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
+    max_dims: int = 9216
+    n_updates: int = 1500
+    lrs: list[float] = field(default_factory=lambda: [0.1, 0.01, 0.001])
+    knn: bool = True
+    random_baseline: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    """A whole ClusterFit run: ``runs/<name>/`` with one folder per stage."""
+
+    name: str = "demo"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder, ``<out_dir>/<name>``."""
+        return Path(self.out_dir) / self.name
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "pretrain.objective": ("supervised", "weak", "rotnet", "jigsaw", "pretrained", "checkpoint"),
+    "pretrain.weak_mode": ("sample", "multilabel"),
+    "pretrain.train.schedule": ("cosine", "step"),
+    "fit.train.schedule": ("cosine", "step"),
+    "cluster.method": ("kmeans", "per_label", "prototype"),
+    "cluster.init": ("random", "k-means++"),
+    "cluster.backend": ("auto", "faiss", "torch"),
+}
+
+
+def _wrap(exc: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(exc, "full_key", None)
+    msg = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+    if key:
+        return ConfigError(f"{where}: bad setting '{key}': {msg}")
+    return ConfigError(f"{where}: {msg}")
+
+
+def load_config(
+    recipe: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """Defaults, merged with a YAML recipe, merged with ``key=value`` overrides; validated.
+
+    Raises :class:`ConfigError` naming the offending key on an unknown key, a wrong type, or a
+    value outside its choices.
+    """
+    cfg = OmegaConf.structured(RunConfig)
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (recipes live in configs/)")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml errors come in several types
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: a recipe must be a YAML mapping of settings")
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as exc:
+            raise _wrap(exc, str(path)) from None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"override '{item}' is not of the form key=value (e.g. cluster.k=100)"
+            )
+        try:
+            value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
+            # update() rather than merge(): it follows list indices (probe.targets.0.limit=100)
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as exc:
+            raise _wrap(exc, "command line") from None
+    try:
+        run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise _wrap(exc, "config") from None
+    validate(run)
+    return run
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that types alone do not catch; raises :class:`ConfigError`."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value is not None and value not in choices:
+            raise ConfigError(f"'{key}' is '{value}'; choose one of: {', '.join(choices)}")
+    if not 0.0 <= cfg.pretrain.label_noise < 1.0:
+        raise ConfigError("'pretrain.label_noise' must be in [0, 1)")
+    if cfg.cluster.k < 1:
+        raise ConfigError("'cluster.k' must be at least 1")
+    if cfg.pretrain.objective == "checkpoint" and not cfg.pretrain.checkpoint:
+        raise ConfigError("pretrain.objective=checkpoint needs 'pretrain.checkpoint=PATH'")
+    if cfg.pretrain.objective == "weak" and not cfg.pretrain.weak_labels:
+        raise ConfigError("pretrain.objective=weak needs 'pretrain.weak_labels=PATH'")
+    for key in ("pretrain.train.epochs", "pretrain.train.batch_size"):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"'{key}' must be at least 1")
+    if not cfg.probe.targets:
+        raise ConfigError("'probe.targets' is empty: name at least one labelled target")
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"'name' must be a plain folder name, got '{cfg.name}'")
+
+
+def resolved_fit_train(cfg: RunConfig) -> TrainConfig:
+    """N_cf's training recipe: ``fit.train`` overrides on top of ``pretrain.train``."""
+    base = dataclasses.asdict(cfg.pretrain.train)
+    for key, value in dataclasses.asdict(cfg.fit.train).items():
+        if value is not None:
+            base[key] = value
+    return TrainConfig(**base)
+
+
+def smoke(cfg: RunConfig) -> RunConfig:
+    """A tiny version of ``cfg`` to check a recipe end to end in seconds: a few hundred items,
+    one epoch per stage, a handful of clusters, and the run folder ``<name>-smoke``."""
+    out = dataclasses.replace(cfg, name=f"{cfg.name}-smoke")
+    out.data = dataclasses.replace(cfg.data, limit=min(cfg.data.limit or 10**9, 256))
+    out.pretrain = dataclasses.replace(
+        cfg.pretrain,
+        train=dataclasses.replace(cfg.pretrain.train, epochs=1, batch_size=64, warmup_epochs=0),
+        jigsaw_permutations=min(cfg.pretrain.jigsaw_permutations, 100),
+    )
+    out.fit = dataclasses.replace(
+        cfg.fit, train=dataclasses.replace(cfg.fit.train, epochs=1, batch_size=64, warmup_epochs=0)
+    )
+    out.cluster = dataclasses.replace(
+        cfg.cluster,
+        k=min(cfg.cluster.k, 16),
+        n_iter=min(cfg.cluster.n_iter, 5),
+        refine_iter=min(cfg.cluster.refine_iter, 1),
+        subsample=None if cfg.cluster.subsample is None else 0.5,
+    )
+    out.probe = dataclasses.replace(
+        cfg.probe,
+        targets=[
+            dataclasses.replace(
+                t, limit=min(t.limit or 10**9, 256), test_limit=min(t.test_limit or 10**9, 256)
+            )
+            for t in cfg.probe.targets
+        ],
+        n_updates=50,
+        lrs=cfg.probe.lrs[:1],
+    )
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON-able dict of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The full config as YAML (what ``clusterfit config`` prints)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

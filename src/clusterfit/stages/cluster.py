@@ -1,0 +1,96 @@
+"""Stage 3: cluster N_pre's features into K groups (paper §3.1; App. A and §5.2 alternatives).
+
+``cluster.method``: ``kmeans`` (the paper's), ``per_label`` (k-means within each label, k_l ∝ √n_l,
+§5.2) or ``prototype`` (per-label means as centres, one assignment step, App. A). Writes
+``clusters/assignments.npy`` (N int64), ``centroids.npy`` (K x D), ``stats.json`` (objective per
+iteration, cluster sizes, empty clusters, NMI/ARI/purity against true labels when known).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from clusterfit.artifacts import Stage, save_npy, write_json
+from clusterfit.cluster import KMeans, cluster_stats, per_label_kmeans, prototype_clusters
+from clusterfit.errors import ClusterFitError
+from clusterfit.stages import extract
+from clusterfit.stages.context import Context, finish, start
+
+NAME = "clusters"
+
+
+def stage(ctx: Context) -> Stage:
+    """The cluster stage: its config, the seed and the features' fingerprint."""
+    config = {"cluster": asdict(ctx.cfg.cluster), "seed": ctx.cfg.seed}
+    return Stage(ctx.run_dir, NAME, config, {"features": extract.stage(ctx).fingerprint})
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Cluster the features (or skip: done already). Returns the stage's meta."""
+    cfg, st = ctx.cfg, stage(ctx)
+    if st.is_complete():
+        ctx.say(f"cluster: up to date, skipped ({st.dir})")
+        return st.meta() or {}
+    feats = extract.stage(ctx)
+    feats.require("extract")
+    X = np.load(extract.features_path(feats, cfg.extract.layer), mmap_mode="r")
+    c = cfg.cluster
+    labels = ctx.data().labels
+    n = X.shape[0]
+    if c.k > n:
+        raise ClusterFitError(f"cluster.k={c.k} is larger than the {n} items to cluster: lower it")
+    if c.method in ("per_label", "prototype") and not (labels >= 0).all():
+        raise ClusterFitError(
+            f"cluster.method={c.method} needs a label for every item; {ctx.data().source} "
+            "has items without one: use cluster.method=kmeans"
+        )
+    start(st)
+    ctx.say(f"cluster: {c.method} of {n} x {X.shape[1]} features into K={c.k}")
+    t0 = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    reseeded = 0
+    if c.method == "kmeans":
+        km = KMeans(
+            c.k,
+            n_iter=c.n_iter,
+            spherical=c.spherical,
+            seed=cfg.seed,
+            init=c.init,
+            backend=c.backend,
+            device=str(ctx.device),
+            subsample=c.subsample,
+            refine_iter=c.refine_iter,
+            pca_dim=c.pca_dim,
+            whiten=c.whiten,
+            progress=ctx.progress,
+        ).fit(X)
+        assignments, centroids = km.labels_, km.cluster_centers_
+        history, reseeded = km.history_, km.n_reseeded_
+    elif c.method == "per_label":
+        assignments, centroids, _ = per_label_kmeans(
+            X, labels, c.k, seed=cfg.seed, n_iter=c.n_iter, spherical=c.spherical
+        )
+    else:
+        assignments, centroids = prototype_clusters(X, labels, spherical=c.spherical)
+    seconds = time.perf_counter() - t0
+    k = int(centroids.shape[0])
+    stats = cluster_stats(
+        assignments,
+        k,
+        labels=labels if (labels >= 0).any() else None,
+        history=history,
+        n_reseeded=reseeded,
+    )
+    stats["seconds"] = round(seconds, 3)
+    save_npy(st.dir / "assignments.npy", np.asarray(assignments, dtype=np.int64))
+    save_npy(st.dir / "centroids.npy", np.asarray(centroids, dtype=np.float32))
+    write_json(st.dir / "stats.json", stats)
+    summary = {"k": k, "seconds": round(seconds, 3)}
+    for key in ("nmi", "ari", "purity", "n_empty", "imbalance"):
+        if key in stats:
+            summary[key] = stats[key]
+    return finish(st, summary)

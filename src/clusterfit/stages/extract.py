@@ -1,0 +1,148 @@
+"""Stage 2: N_pre's features of every item of D_cf (paper §3.1).
+
+One layer (``extract.layer``: ``pool`` = the penultimate, average-pooled res5 output, or a named
+layer, global-average-pooled), optionally L2-normalised, written by item index into
+``features/<layer>.npy`` (an N x D float32 ``.npy`` that later stages open as a memmap). Under
+``torchrun`` each rank computes its block of rows. An interrupted extraction resumes from the last
+block it flushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from clusterfit import distributed as dist
+from clusterfit.artifacts import Stage
+from clusterfit.data import ImageSet, to_float
+from clusterfit.models import Net, load_model
+from clusterfit.stages import pretrain
+from clusterfit.stages.context import Context, finish, start
+from clusterfit.train.engine import CHECKPOINT
+
+NAME = "features"
+
+Pool = Callable[[torch.Tensor], torch.Tensor]
+
+
+def global_pool(fmap: torch.Tensor) -> torch.Tensor:
+    """B x C x H x W (or B x D) -> B x C, the spatial mean."""
+    return fmap.mean(dim=(2, 3)) if fmap.dim() == 4 else fmap.flatten(1)
+
+
+@torch.no_grad()
+def compute_features(
+    net: Net,
+    images: ImageSet,
+    layers: list[str],
+    *,
+    pool: Pool = global_pool,
+    normalize: bool = False,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    rows: range | None = None,
+    sink: Callable[[str, range, np.ndarray], None] | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> dict[str, np.ndarray] | None:
+    """Features of ``images`` at each of ``layers``, pooled by ``pool``: ``{layer: N x D_layer}``.
+
+    ``rows`` restricts the work to a block of items; with ``sink`` each batch's features go to
+    ``sink(layer, rows_of_batch, array)`` instead of being returned (for memmaps and resume).
+    """
+    device = torch.device(device)
+    net = net.to(device).eval()
+    rows = rows if rows is not None else range(len(images))
+    chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    for lo in range(rows.start, rows.stop, batch_size):
+        block = range(lo, min(lo + batch_size, rows.stop))
+        x = to_float(images.images[block.start : block.stop]).to(device)
+        maps = net.intermediates(x, layers)
+        for layer in layers:
+            feats = pool(maps[layer]).float()
+            if normalize:
+                feats = F.normalize(feats, dim=1)
+            array = feats.cpu().numpy()
+            if sink is not None:
+                sink(layer, block, array)
+            else:
+                chunks[layer].append(array)
+        bar.update(len(block))
+    bar.close()
+    if sink is not None:
+        return None
+    return {
+        layer: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        for layer, parts in chunks.items()
+    }
+
+
+def stage(ctx: Context) -> Stage:
+    """The extract stage: its config, N_pre's fingerprint and the data's."""
+    pre = pretrain.stage(ctx)
+    inputs = {"pretrain": pre.fingerprint, "data": ctx.data().fingerprint}
+    return Stage(ctx.run_dir, NAME, asdict(ctx.cfg.extract), inputs)
+
+
+def features_path(st: Stage, layer: str) -> Path:
+    return st.dir / f"{layer}.npy"
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Extract N_pre's features of D_cf (or skip: done already). Returns the stage's meta."""
+    cfg, st = ctx.cfg, stage(ctx)
+    if st.is_complete():
+        ctx.say(f"extract: up to date, skipped ({st.dir})")
+        return st.meta() or {}
+    pretrain.stage(ctx).require("pretrain")
+    net = load_model(pretrain.stage(ctx).dir / CHECKPOINT)
+    layer, data = cfg.extract.layer, ctx.data()
+    probe_x = to_float(data.images[:2]).to(ctx.device)
+    with torch.no_grad():
+        dim = global_pool(net.to(ctx.device).eval().intermediates(probe_x, [layer])[layer]).shape[1]
+    resuming = start(st)
+    path = features_path(st, layer)
+    rank = dist.get_rank()
+    done_file = st.dir / f".rows_done.rank{rank}"
+    if dist.is_main_process() and not path.exists():
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(data), dim)).flush()
+    dist.barrier()
+    out = np.load(path, mmap_mode="r+")
+    mine = dist.shard(len(data))
+    done = int(done_file.read_text()) if resuming and done_file.is_file() else mine.start
+    ctx.say(f"extract: N_pre features at '{layer}' ({dim}-d) of {len(data)} images")
+
+    def sink(_layer: str, block: range, array: np.ndarray) -> None:
+        out[block.start : block.stop] = array
+        if (block.stop - mine.start) % (
+            16 * cfg.extract.batch_size
+        ) == 0 or block.stop == mine.stop:
+            out.flush()
+            done_file.write_text(str(block.stop))
+
+    compute_features(
+        net,
+        data,
+        [layer],
+        normalize=cfg.extract.normalize,
+        batch_size=cfg.extract.batch_size,
+        device=ctx.device,
+        rows=range(done, mine.stop),
+        sink=sink,
+        progress=ctx.progress,
+        desc="extract",
+    )
+    out.flush()
+    dist.barrier()
+    if dist.is_main_process():
+        for f in st.dir.glob(".rows_done.rank*"):
+            f.unlink()
+    return finish(st, {"layer": layer, "n_items": len(data), "dim": int(dim)})

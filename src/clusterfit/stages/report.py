@@ -1,0 +1,37 @@
+"""Stage 6: tables and the paper's figure types from one or more runs' probe results.
+
+``clusterfit report RUN [RUN ...]`` gathers the records of each run's ``probe/results.json`` and
+writes ``index.md``, ``index.html`` and PNG plots (layer-wise accuracy, Fig. 4; accuracy against
+K, Tables 4/5/7; against label noise, Fig. 3) whenever the runs contain those sweeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clusterfit.artifacts import read_json
+from clusterfit.errors import ClusterFitError
+
+
+def gather(run_dirs: list[Path]) -> list[dict[str, Any]]:
+    """Every probe record of ``run_dirs``, each tagged with its run's name."""
+    records: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "probe" / "results.json"
+        if not path.is_file():
+            raise ClusterFitError(
+                f"{run_dir} has no probe results ({path} is missing): finish the run first "
+                "with `clusterfit run` (or `clusterfit probe`)"
+            )
+        results = read_json(path)
+        for r in results["records"]:
+            records.append({**r, "run": results.get("run", Path(run_dir).name)})
+    return records
+
+
+def run(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Write the report of ``run_dirs`` into ``out_dir``; returns what ``write_report`` returns."""
+    from clusterfit.report import write_report  # matplotlib loads only when a report is made
+
+    return write_report(gather(run_dirs), Path(out_dir))
