@@ -38,7 +38,7 @@ CANONICAL_LAYERS: tuple[str, ...] = ("conv1", "res2", "res3", "res4", "res5")
 POOL = "pool"
 
 
-def _as_stat(values: Sequence[float] | float | None, in_chans: int, name: str) -> torch.Tensor:
+def _as_stat(values: Sequence[float] | float | None, in_chans: int, name: str) -> list[float]:
     if values is None:
         values = [0.5] * in_chans
     if isinstance(values, int | float):
@@ -53,7 +53,7 @@ def _as_stat(values: Sequence[float] | float | None, in_chans: int, name: str) -
         )
     if name == "std" and any(v <= 0 for v in vals):
         raise ClusterFitError(f"std must be positive, got {vals}")
-    return torch.tensor(vals, dtype=torch.float32)
+    return vals
 
 
 class Prep(nn.Module):
@@ -74,8 +74,11 @@ class Prep(nn.Module):
         self.in_chans = int(in_chans)
         self.spatial_dims = int(spatial_dims)
         self.channels_last = False
-        self.register_buffer("mean", _as_stat(mean, self.in_chans, "mean"))
-        self.register_buffer("std", _as_stat(std, self.in_chans, "std"))
+        # Python copies for model_args: readable without a device sync (or on the meta device).
+        self.mean_values = _as_stat(mean, self.in_chans, "mean")
+        self.std_values = _as_stat(std, self.in_chans, "std")
+        self.register_buffer("mean", torch.tensor(self.mean_values, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(self.std_values, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
@@ -219,8 +222,8 @@ class Net(nn.Module):
             "in_chans": self.in_chans,
             "head_sizes": self.head_sizes,
             "patches": self.patches,
-            "mean": [float(v) for v in self.prep.mean.tolist()],
-            "std": [float(v) for v in self.prep.std.tolist()],
+            "mean": list(self.prep.mean_values),
+            "std": list(self.prep.std_values),
         }
 
     # ---------------------------------------------------------------- computation
