@@ -31,7 +31,10 @@ spherical k-means, L2-normalisation of the rows).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+import mmap
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -54,6 +57,7 @@ SPLIT_EPS = 1.0 / 1024.0
 _INITS = ("random", "k-means++")
 _BACKENDS = ("auto", "faiss", "torch")
 _GEMM_BLOCK_ELEMS = 1 << 25  # rows x K scores materialised at once by the torch assignment
+_TAKE_WINDOW_BYTES = 64 << 20  # span of a memmap mapped at once while gathering a subsample
 
 
 def _import_faiss() -> Any:
@@ -135,14 +139,44 @@ class _RawRows:
         if self.is_tensor:
             return x.float().contiguous()
         if self.streamed or not x.flags.writeable:
-            return torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
+            out = torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
+            self._release()
+            return out
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
     def take(self, idx: np.ndarray) -> torch.Tensor:
         """Rows ``idx`` (int array, best sorted for memmaps) as a float32 len(idx) x D tensor."""
         if self.is_tensor:
             return self.data[torch.as_tensor(idx, device=self.data.device)].float()
-        return torch.from_numpy(np.array(self.data[idx], dtype=np.float32, order="C"))
+        if not self.streamed:
+            return torch.from_numpy(np.array(self.data[idx], dtype=np.float32, order="C"))
+        # memmap: gather window by window (_TAKE_WINDOW_BYTES of the file each), releasing the
+        # pages after each, so that a sample spread over the whole file never maps all of it
+        idx = np.asarray(idx, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        out = np.empty((len(idx), self.d), dtype=np.float32)
+        window = max(1, _TAKE_WINDOW_BYTES // (self.d * self.data.dtype.itemsize))
+        edges = np.searchsorted(ordered, np.arange(0, self.n + window, window))
+        for a, b in itertools.pairwise(edges.tolist()):
+            if b > a:
+                out[order[a:b]] = self.data[ordered[a:b]]
+                self._release()
+        return torch.from_numpy(out)
+
+    def _release(self) -> None:
+        """Drop the memmap's pages from this process once copied (they stay in the OS page
+        cache), so that streaming over a file larger than memory keeps the resident set flat.
+        Only for read-only maps (``mode="r"``), where nothing can be lost."""
+        mapping = getattr(self.data, "_mmap", None)
+        if (
+            mapping is not None
+            and getattr(self.data, "mode", None) == "r"
+            and hasattr(mapping, "madvise")
+            and hasattr(mmap, "MADV_DONTNEED")
+        ):
+            with contextlib.suppress(OSError, ValueError):
+                mapping.madvise(mmap.MADV_DONTNEED)
 
 
 class _Source:
@@ -841,9 +875,7 @@ def _lloyd_pass(
         lab, dist = assigner.assign(x)
         lab = lab.to(device)
         if sums is not None and part is not None:
-            part.zero_()
-            part.index_add_(0, lab, x)
-            sums += part
+            sums += _chunk_sums(lab, x, k, part)
         stats[:k] += torch.bincount(lab, minlength=k)
         stats[k] += dist.to(device).sum(dtype=torch.float64)
         if labels is not None:
@@ -852,6 +884,25 @@ def _lloyd_pass(
         cfdist.all_reduce_sum(sums)
     cfdist.all_reduce_sum(stats)
     return sums, stats[:k], float(stats[k]), labels
+
+
+def _chunk_sums(lab: torch.Tensor, x: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
+    """Per-cluster sums of the rows of x (B x D) by label (B): K x D float32.
+
+    On CPU a sparse (K x B one-hot) @ x product, single-threaded: torch's multi-threaded
+    ``index_add_`` collapses when the cores are shared; on GPU ``index_add_`` into ``out``.
+    """
+    if x.device.type != "cpu":
+        out.zero_()
+        return out.index_add_(0, lab, x)
+    import scipy.sparse
+
+    b = int(x.shape[0])
+    lab_np = lab.numpy()
+    onehot = scipy.sparse.csr_matrix(
+        (np.ones(b, dtype=np.float32), (lab_np, np.arange(b))), shape=(k, b)
+    )
+    return torch.from_numpy(np.asarray(onehot @ x.numpy()))
 
 
 def _update(
