@@ -76,9 +76,9 @@ def test_run_rerun_and_partial_rerun(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     assert main(["run", *tiny(tmp_path, "cluster.k=6")]) == 0
     out = capsys.readouterr().out
-    for stage in ("pretrain", "extract"):
+    for stage in ("pretrain", "features"):
         assert f"{stage}: up to date" in out
-    for stage in ("cluster", "fit", "probe"):
+    for stage in ("clusters", "fit", "probe"):
         assert f"{stage}: up to date" not in out
     assert (run_dir / "pretrain" / "meta.json").read_text() == metas["pretrain"]
     assert np.load(run_dir / "clusters" / "assignments.npy").max() < 6

@@ -24,6 +24,7 @@ STAGE_HELP = {
     "extract": "N_pre's features of every item of the dataset",
     "cluster": "k-means (or per-label / prototype) of the features into K clusters",
     "fit": "train N_cf from scratch on the cluster ids",
+    "baselines": "the paper's baselines: N_pre trained 2x longer, distillation (if enabled)",
     "probe": "linear probes on frozen features of N_pre and N_cf, layer by layer",
 }
 
@@ -63,22 +64,22 @@ def _load(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from clusterfit import distributed
-    from clusterfit.stages import probe, report, run_pipeline
+    from clusterfit.stages import probe, probe_folders, report, run_pipeline
 
     cfg = _load(args)
     distributed.init_from_env()
     started = time.perf_counter()
     only = None if args.command == "run" else args.command
-    metas = run_pipeline(cfg, only=only)
+    run_pipeline(cfg, only=only)
     if not distributed.is_main_process():
         return 0
-    if "probe" in metas:
-        results = cfg.run_dir / "probe" / "results.json"
+    if only in (None, "probe"):
         from clusterfit.artifacts import read_json
 
-        records = read_json(results)["records"]
-        print()
-        print(probe.format_table(records))
+        for folder in probe_folders(cfg):
+            records = read_json(cfg.run_dir / folder / "results.json")["records"]
+            print(f"\n[{folder}]")
+            print(probe.format_table(records))
         if only is None:
             report.run([cfg.run_dir], cfg.run_dir / "report")
             print(f"\nreport: {cfg.run_dir / 'report' / 'index.html'}")

@@ -153,6 +153,16 @@ class ProbeConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """The paper's baselines, trained beside N_cf and probed with it (paper §3.2, App. A)."""
+
+    pre2x: bool = False  # N_pre's recipe for as many epochs as N_pre and N_cf together
+    distill: bool = False  # a student from scratch on N_pre's softened outputs + the labels
+    temperature: float = 20.0
+    alpha: float = 0.75
+
+
+@dataclass
 class RunConfig:
     """A whole ClusterFit run: ``runs/<name>/`` with one folder per stage."""
 
@@ -167,6 +177,13 @@ class RunConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    # Multi-task ClusterFit (App. E): more N_pre, each clustered on its own; N_cf gets one head
+    # per clustering and the losses are summed.
+    multitask: list[PretrainConfig] = field(default_factory=list)
+    # A K sweep (Tables 4, 5, 7): the cluster, fit and probe stages run once per K, sharing N_pre
+    # and its features; folders clusters-k<K>, fit-k<K>, probe-k<K>.
+    sweep_k: list[int] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -249,17 +266,36 @@ def validate(cfg: RunConfig) -> None:
         value = _get(cfg, key)
         if value is not None and value not in choices:
             raise ConfigError(f"'{key}' is '{value}'; choose one of: {', '.join(choices)}")
-    if not 0.0 <= cfg.pretrain.label_noise < 1.0:
-        raise ConfigError("'pretrain.label_noise' must be in [0, 1)")
     if cfg.cluster.k < 1:
         raise ConfigError("'cluster.k' must be at least 1")
-    if cfg.pretrain.objective == "checkpoint" and not cfg.pretrain.checkpoint:
-        raise ConfigError("pretrain.objective=checkpoint needs 'pretrain.checkpoint=PATH'")
-    if cfg.pretrain.objective == "weak" and not cfg.pretrain.weak_labels:
-        raise ConfigError("pretrain.objective=weak needs 'pretrain.weak_labels=PATH'")
-    for key in ("pretrain.train.epochs", "pretrain.train.batch_size"):
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"'{key}' must be at least 1")
+    if any(k < 1 for k in cfg.sweep_k):
+        raise ConfigError("every K of 'sweep_k' must be at least 1")
+    for i, p in enumerate([cfg.pretrain, *cfg.multitask]):
+        where = "pretrain" if i == 0 else f"multitask.{i - 1}"
+        if p.objective not in _CHOICES["pretrain.objective"]:
+            choices = ", ".join(_CHOICES["pretrain.objective"])
+            raise ConfigError(f"'{where}.objective' is '{p.objective}'; choose one of: {choices}")
+        if p.objective == "checkpoint" and not p.checkpoint:
+            raise ConfigError(f"{where}.objective=checkpoint needs '{where}.checkpoint=PATH'")
+        if p.objective == "weak" and not p.weak_labels:
+            raise ConfigError(f"{where}.objective=weak needs '{where}.weak_labels=PATH'")
+        if not 0.0 <= p.label_noise < 1.0:
+            raise ConfigError(f"'{where}.label_noise' must be in [0, 1)")
+        if p.train.epochs < 1 or p.train.batch_size < 1:
+            raise ConfigError(f"'{where}.train.epochs' and '.batch_size' must be at least 1")
+    if cfg.baselines.distill and cfg.pretrain.objective in ("rotnet", "jigsaw"):
+        raise ConfigError(
+            f"baselines.distill: a {cfg.pretrain.objective} N_pre predicts its pretext labels, "
+            "not a distribution over classes, so there is nothing to distil (paper App. D); "
+            "set baselines.distill=false"
+        )
+    if cfg.baselines.distill and cfg.pretrain.objective in ("pretrained", "checkpoint"):
+        raise ConfigError(
+            "baselines.distill needs an N_pre trained here on labels (objective supervised or "
+            "weak), whose labels the student also learns from"
+        )
+    if not 0.0 <= cfg.baselines.alpha <= 1.0 or cfg.baselines.temperature <= 0:
+        raise ConfigError("'baselines.alpha' must be in [0, 1] and 'baselines.temperature' > 0")
     if not cfg.probe.targets:
         raise ConfigError("'probe.targets' is empty: name at least one labelled target")
     if not cfg.name or "/" in cfg.name:
@@ -285,6 +321,15 @@ def smoke(cfg: RunConfig) -> RunConfig:
         train=dataclasses.replace(cfg.pretrain.train, epochs=1, batch_size=64, warmup_epochs=0),
         jigsaw_permutations=min(cfg.pretrain.jigsaw_permutations, 100),
     )
+    out.multitask = [
+        dataclasses.replace(
+            p,
+            train=dataclasses.replace(p.train, epochs=1, batch_size=64, warmup_epochs=0),
+            jigsaw_permutations=min(p.jigsaw_permutations, 100),
+        )
+        for p in cfg.multitask
+    ]
+    out.sweep_k = sorted({min(k, 16) for k in cfg.sweep_k})[:2]
     out.fit = dataclasses.replace(
         cfg.fit, train=dataclasses.replace(cfg.fit.train, epochs=1, batch_size=64, warmup_epochs=0)
     )

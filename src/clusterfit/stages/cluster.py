@@ -23,19 +23,30 @@ from clusterfit.stages.context import Context, finish, start
 NAME = "clusters"
 
 
-def stage(ctx: Context) -> Stage:
-    """The cluster stage: its config, the seed and the features' fingerprint."""
+def folder(ctx: Context, task: int = 0) -> str:
+    """``clusters`` (``clusters-<n>`` for the n-th N_pre), suffixed by the K of a sweep."""
+    return ctx.folder(NAME if task == 0 else f"{NAME}-{task + 1}")
+
+
+def stage(ctx: Context, task: int = 0) -> Stage:
+    """The clustering of the ``task``-th N_pre's features: its config, the seed, the features."""
     config = {"cluster": asdict(ctx.cfg.cluster), "seed": ctx.cfg.seed}
-    return Stage(ctx.run_dir, NAME, config, {"features": extract.stage(ctx).fingerprint})
+    inputs = {"features": extract.stage(ctx, task).fingerprint}
+    return Stage(ctx.run_dir, folder(ctx, task), config, inputs)
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    """Cluster the features (or skip: done already). Returns the stage's meta."""
-    cfg, st = ctx.cfg, stage(ctx)
+    """Cluster the features of every N_pre; returns the (first) clustering's meta."""
+    return [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))][0]
+
+
+def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
+    """Cluster the ``task``-th N_pre's features (or skip: done already)."""
+    cfg, st = ctx.cfg, stage(ctx, task)
     if st.is_complete():
-        ctx.say(f"cluster: up to date, skipped ({st.dir})")
+        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
         return st.meta() or {}
-    feats = extract.stage(ctx)
+    feats = extract.stage(ctx, task)
     feats.require("extract")
     X = np.load(extract.features_path(feats, cfg.extract.layer), mmap_mode="r")
     c = cfg.cluster
@@ -49,7 +60,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "has items without one: use cluster.method=kmeans"
         )
     start(st)
-    ctx.say(f"cluster: {c.method} of {n} x {X.shape[1]} features into K={c.k}")
+    ctx.say(f"{st.name}: {c.method} of {n} x {X.shape[1]} features into K={c.k}")
     t0 = time.perf_counter()
     history: list[dict[str, Any]] = []
     reseeded = 0

@@ -5,6 +5,7 @@ Stages receive a :class:`Context` and read the config from it; nothing reads a g
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 
 from clusterfit import distributed as dist
 from clusterfit.artifacts import Stage
-from clusterfit.config import RunConfig
+from clusterfit.config import PretrainConfig, RunConfig
 from clusterfit.data import ImageSet, load_images
 from clusterfit.errors import ConfigError
 
@@ -35,15 +36,34 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Context:
-    """A run in progress: config, device, and the dataset D_cf loaded once."""
+    """A run in progress: config, device, and the dataset D_cf loaded once.
+
+    ``variant`` names one point of a K sweep (``k50``): the K-dependent stages (clusters, fit,
+    probe) then use the folders ``<stage>-k50`` while the earlier stages are shared.
+    """
 
     cfg: RunConfig
     device: torch.device
+    variant: str = ""
     _data: ImageSet | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, cfg: RunConfig) -> Context:
         return cls(cfg=cfg, device=resolve_device(cfg.device))
+
+    def with_k(self, k: int) -> Context:
+        """The context of one K of a sweep, sharing the loaded data."""
+        cfg = dataclasses.replace(self.cfg, cluster=dataclasses.replace(self.cfg.cluster, k=k))
+        return Context(cfg=cfg, device=self.device, variant=f"k{k}", _data=self._data)
+
+    def folder(self, name: str) -> str:
+        """The folder name of a K-dependent stage: ``name`` or ``name-<variant>``."""
+        return f"{name}-{self.variant}" if self.variant else name
+
+    @property
+    def pretrain_configs(self) -> list[PretrainConfig]:
+        """N_pre's recipe, then those of the multi-task ClusterFit's other N_pre (App. E)."""
+        return [self.cfg.pretrain, *self.cfg.multitask]
 
     @property
     def run_dir(self) -> Path:

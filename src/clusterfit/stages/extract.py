@@ -85,11 +85,16 @@ def compute_features(
     }
 
 
-def stage(ctx: Context) -> Stage:
-    """The extract stage: its config, N_pre's fingerprint and the data's."""
-    pre = pretrain.stage(ctx)
+def folder(task: int) -> str:
+    """``features`` for N_pre, ``features-<n>`` for the n-th N_pre of a multi-task run."""
+    return NAME if task == 0 else f"{NAME}-{task + 1}"
+
+
+def stage(ctx: Context, task: int = 0) -> Stage:
+    """The extract stage of the ``task``-th N_pre: its config, N_pre's and the data's prints."""
+    pre = pretrain.stage(ctx, task)
     inputs = {"pretrain": pre.fingerprint, "data": ctx.data().fingerprint}
-    return Stage(ctx.run_dir, NAME, asdict(ctx.cfg.extract), inputs)
+    return Stage(ctx.run_dir, folder(task), asdict(ctx.cfg.extract), inputs)
 
 
 def features_path(st: Stage, layer: str) -> Path:
@@ -97,13 +102,19 @@ def features_path(st: Stage, layer: str) -> Path:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    """Extract N_pre's features of D_cf (or skip: done already). Returns the stage's meta."""
-    cfg, st = ctx.cfg, stage(ctx)
+    """Extract the features of every N_pre; returns the (first) N_pre's extract meta."""
+    return [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))][0]
+
+
+def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
+    """Extract the ``task``-th N_pre's features of D_cf (or skip: done already)."""
+    cfg, st = ctx.cfg, stage(ctx, task)
     if st.is_complete():
-        ctx.say(f"extract: up to date, skipped ({st.dir})")
+        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
         return st.meta() or {}
-    pretrain.stage(ctx).require("pretrain")
-    net = load_model(pretrain.stage(ctx).dir / CHECKPOINT)
+    pre = pretrain.stage(ctx, task)
+    pre.require("pretrain")
+    net = load_model(pre.dir / CHECKPOINT)
     layer, data = cfg.extract.layer, ctx.data()
     probe_x = to_float(data.images[:2]).to(ctx.device)
     with torch.no_grad():
@@ -118,7 +129,7 @@ def run(ctx: Context) -> dict[str, Any]:
     out = np.load(path, mmap_mode="r+")
     mine = dist.shard(len(data))
     done = int(done_file.read_text()) if resuming and done_file.is_file() else mine.start
-    ctx.say(f"extract: N_pre features at '{layer}' ({dim}-d) of {len(data)} images")
+    ctx.say(f"{st.name}: N_pre features at '{layer}' ({dim}-d) of {len(data)} images")
 
     def sink(_layer: str, block: range, array: np.ndarray) -> None:
         out[block.start : block.stop] = array

@@ -12,13 +12,11 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import torch
 
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
-from clusterfit.data import channel_stats
-from clusterfit.models import create_model
 from clusterfit.stages import cluster
+from clusterfit.stages.pretrain import log_summary, new_network
 from clusterfit.stages.context import Context, finish, start
 from clusterfit.train.engine import Trainer
 
@@ -33,7 +31,7 @@ def _arch(ctx: Context) -> tuple[str, dict[str, Any]]:
 
 
 def stage(ctx: Context) -> Stage:
-    """The fit stage: N_cf's resolved architecture and recipe, the seed, clusters and data."""
+    """The fit stage: N_cf's resolved architecture and recipe, the seed, clusterings and data."""
     arch, kwargs = _arch(ctx)
     config = {
         "arch": arch,
@@ -41,35 +39,44 @@ def stage(ctx: Context) -> Stage:
         "train": asdict(resolved_fit_train(ctx.cfg)),
         "seed": ctx.cfg.seed,
     }
-    inputs = {"clusters": cluster.stage(ctx).fingerprint, "data": ctx.data().fingerprint}
-    return Stage(ctx.run_dir, NAME, config, inputs)
+    inputs = {
+        f"clusters{task}": cluster.stage(ctx, task).fingerprint
+        for task in range(len(ctx.pretrain_configs))
+    }
+    inputs["data"] = ctx.data().fingerprint
+    return Stage(ctx.run_dir, ctx.folder(NAME), config, inputs)
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    """Train N_cf on the cluster ids (or skip: done already). Returns the stage's meta."""
+    """Train N_cf on the cluster ids (or skip: done already). Returns the stage's meta.
+
+    With several N_pre (multi-task ClusterFit, App. E) N_cf has one head per clustering and the
+    cross-entropy losses of the heads are summed.
+    """
     cfg, st = ctx.cfg, stage(ctx)
     if st.is_complete():
-        ctx.say(f"fit: up to date, skipped ({st.dir})")
+        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
         return st.meta() or {}
-    clusters = cluster.stage(ctx)
-    clusters.require("cluster")
-    assignments = np.load(clusters.dir / "assignments.npy")
-    k = int(np.load(clusters.dir / "centroids.npy", mmap_mode="r").shape[0])
+    targets, heads = [], []
+    for task in range(len(ctx.pretrain_configs)):
+        clusters = cluster.stage(ctx, task)
+        clusters.require("cluster")
+        targets.append(np.load(clusters.dir / "assignments.npy"))
+        heads.append(int(np.load(clusters.dir / "centroids.npy", mmap_mode="r").shape[0]))
     data = ctx.data()
     arch, kwargs = _arch(ctx)
-    mean, std = channel_stats(data.images)
-    torch.manual_seed(cfg.seed + 1)
-    net = create_model(arch, [k], in_chans=data.images.shape[1], mean=mean, std=std, **kwargs)
+    net = new_network(arch, kwargs, heads, data, cfg.seed + 1)
     train_cfg = resolved_fit_train(cfg)
     resuming = start(st)
     ctx.say(
-        f"fit: {'resuming' if resuming else 'training'} N_cf ({arch}, from scratch) on the "
-        f"K={k} cluster ids of {len(data)} images for {train_cfg.epochs} epochs"
+        f"{st.name}: {'resuming' if resuming else 'training'} N_cf ({arch}, from scratch) on the "
+        f"K={'+'.join(map(str, heads))} cluster ids of {len(data)} images "
+        f"for {train_cfg.epochs} epochs"
     )
     log = Trainer(
         net,
         data,
-        [assignments],
+        targets,
         train_cfg,
         st.dir,
         seed=cfg.seed + 1,
@@ -78,12 +85,4 @@ def run(ctx: Context) -> dict[str, Any]:
         desc="fit",
         checkpoint_extra={"config": asdict(cfg)},
     ).fit()
-    last = log[-1] if log else {}
-    summary = {
-        "k": k,
-        "epochs": len(log),
-        "final_loss": last.get("loss"),
-        "final_train_acc": last.get("train_acc"),
-        "train_seconds": round(sum(r["seconds"] for r in log), 2),
-    }
-    return finish(st, summary)
+    return finish(st, {"k": heads[0], "heads": heads, **log_summary(log)})

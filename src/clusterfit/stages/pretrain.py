@@ -3,6 +3,7 @@
 Made by training a proxy objective here (supervised with label noise, weak labels, RotNet, Jigsaw),
 or taken as it is: a model's shipped pre-trained weights, or a checkpoint file. Writes
 ``pretrain/checkpoint.pt`` (self-describing: ``model_args`` inside), ``log.jsonl``, ``meta.json``.
+Multi-task ClusterFit (App. E) adds more N_pre: ``pretrain-2/``, ``pretrain-3/``, ...
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import torch
 
 from clusterfit.artifacts import Stage
-from clusterfit.config import RunConfig
-from clusterfit.data import channel_stats
+from clusterfit.config import PretrainConfig, TrainConfig
+from clusterfit.data import ImageSet, channel_stats
 from clusterfit.errors import ClusterFitError
 from clusterfit.models import Net, create_model, load_model, save_checkpoint
 from clusterfit.pretext import Objective, get_objective
@@ -24,16 +25,24 @@ from clusterfit.train.engine import CHECKPOINT, Trainer
 NAME = "pretrain"
 
 
-def stage(ctx: Context) -> Stage:
-    """The pretrain stage's folder and fingerprint (its config, the seed and the data)."""
-    cfg = ctx.cfg
-    config = {"pretrain": asdict(cfg.pretrain), "seed": cfg.seed}
-    return Stage(ctx.run_dir, NAME, config, {"data": ctx.data().fingerprint})
+def folder(task: int) -> str:
+    """``pretrain`` for N_pre, ``pretrain-<n>`` for the n-th N_pre of a multi-task run."""
+    return NAME if task == 0 else f"{NAME}-{task + 1}"
 
 
-def objective_for(cfg: RunConfig, num_classes: int | None, n_items: int) -> Objective:
-    """The proxy objective named by ``pretrain.objective``."""
-    p = cfg.pretrain
+def model_name(task: int) -> str:
+    """How results name the ``task``-th N_pre: ``N_pre``, ``N_pre_2``, ..."""
+    return "N_pre" if task == 0 else f"N_pre_{task + 1}"
+
+
+def stage(ctx: Context, task: int = 0) -> Stage:
+    """The folder and fingerprint of the ``task``-th N_pre (its recipe, the seed and the data)."""
+    config = {"pretrain": asdict(ctx.pretrain_configs[task]), "seed": ctx.cfg.seed}
+    return Stage(ctx.run_dir, folder(task), config, {"data": ctx.data().fingerprint})
+
+
+def objective_for(p: PretrainConfig, num_classes: int | None, n_items: int) -> Objective:
+    """The proxy objective that ``p.objective`` names."""
     if p.objective == "supervised":
         return get_objective("supervised", label_noise=p.label_noise, num_classes=num_classes)
     if p.objective == "weak":
@@ -45,75 +54,113 @@ def objective_for(cfg: RunConfig, num_classes: int | None, n_items: int) -> Obje
     return get_objective(p.objective)
 
 
-def build_untrained(cfg: RunConfig, head_sizes: list[int], patches: int, ctx: Context) -> Net:
-    """A freshly initialised network of ``pretrain.arch`` for D_cf's images, seeded."""
-    data = ctx.data()
+def new_network(
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    head_sizes: list[int],
+    data: ImageSet,
+    seed: int,
+    patches: int = 1,
+) -> Net:
+    """A freshly initialised (seeded) network for ``data``'s images, normalised by its statistics."""
     mean, std = channel_stats(data.images)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     return create_model(
-        cfg.pretrain.arch,
+        arch,
         head_sizes,
         in_chans=data.images.shape[1],
         patches=patches,
         mean=mean,
         std=std,
-        **cfg.pretrain.arch_kwargs,
+        **arch_kwargs,
     )
 
 
-def run(ctx: Context) -> dict[str, Any]:
-    """Make N_pre (or skip: done already). Returns the stage's meta."""
-    cfg, st = ctx.cfg, stage(ctx)
-    if st.is_complete():
-        ctx.say(f"pretrain: up to date, skipped ({st.dir})")
-        return st.meta() or {}
-    p = cfg.pretrain
+def train_objective(
+    ctx: Context,
+    st: Stage,
+    p: PretrainConfig,
+    train_cfg: TrainConfig,
+    *,
+    desc: str,
+    teacher: Net | None = None,
+    loss_fn: Any = None,
+) -> dict[str, Any]:
+    """Train ``p``'s objective from scratch into ``st``'s folder; returns the stage's meta.
+
+    Also the engine of the baselines: N_pre 2x (more epochs) and distillation (a teacher and a
+    loss that takes its logits).
+    """
     data = ctx.data()
+    num_classes = data.num_classes if data.has_labels else None
+    if p.objective in ("supervised", "weak") and not data.has_labels:
+        raise ClusterFitError(
+            f"pretrain.objective={p.objective} needs labels, but {data.source} has none: "
+            "use objective rotnet or jigsaw, or a labelled dataset"
+        )
+    objective = objective_for(p, num_classes, len(data))
+    targets = objective.item_targets(data.labels, ctx.cfg.seed)
+    net = new_network(
+        p.arch,
+        p.arch_kwargs,
+        objective.head_sizes(num_classes),
+        data,
+        ctx.cfg.seed,
+        objective.patches,
+    )
+    resuming = start(st)
+    ctx.say(
+        f"{desc}: {'resuming' if resuming else 'training'} ({p.objective}, {p.arch}) "
+        f"on {len(data)} images for {train_cfg.epochs} epochs"
+    )
+    log = Trainer(
+        net,
+        data,
+        targets,
+        train_cfg,
+        st.dir,
+        make_batch=objective.make_batch,
+        loss_fn=loss_fn or objective.loss,
+        teacher=teacher,
+        seed=ctx.cfg.seed,
+        device=ctx.device,
+        progress=ctx.progress,
+        desc=desc,
+        checkpoint_extra={"config": asdict(ctx.cfg)},
+    ).fit()
+    summary = {"objective": p.objective, "trained": True, **log_summary(log)}
+    if p.objective == "supervised":
+        summary["label_noise"] = p.label_noise
+    return finish(st, summary)
+
+
+def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
+    """Make the ``task``-th N_pre (or skip: done already). Returns its stage's meta."""
+    st, p = stage(ctx, task), ctx.pretrain_configs[task]
+    name = folder(task)
+    if st.is_complete():
+        ctx.say(f"{name}: up to date, skipped ({st.dir})")
+        return st.meta() or {}
     if p.objective in ("pretrained", "checkpoint"):
         if p.objective == "pretrained":
             net = create_model(p.arch, [], pretrained=True, **p.arch_kwargs)
         else:
             net = load_model(p.checkpoint)
         start(st)
-        save_checkpoint(st.dir / CHECKPOINT, net, config=asdict(cfg))
-        ctx.say(f"pretrain: N_pre = {p.objective} {p.checkpoint or p.arch}, nothing to train")
+        save_checkpoint(st.dir / CHECKPOINT, net, config=asdict(ctx.cfg))
+        ctx.say(f"{name}: N_pre = {p.objective} {p.checkpoint or p.arch}, nothing to train")
         return finish(st, {"objective": p.objective, "trained": False})
-
-    num_classes = data.num_classes if data.has_labels else None
-    objective = objective_for(cfg, num_classes, len(data))
-    if objective.uses_labels and not data.has_labels:
-        raise ClusterFitError(
-            f"pretrain.objective={p.objective} needs labels, but {data.source} has none: "
-            "use pretrain.objective=rotnet or jigsaw, or a labelled dataset"
-        )
-    targets = objective.item_targets(data.labels, cfg.seed)
-    net = build_untrained(cfg, objective.head_sizes(num_classes), objective.patches, ctx)
-    resuming = start(st)
-    ctx.say(
-        f"pretrain: {'resuming' if resuming else 'training'} N_pre ({p.objective}, {p.arch}) "
-        f"on {len(data)} images for {p.train.epochs} epochs"
-    )
-    log = Trainer(
-        net,
-        data,
-        targets,
-        p.train,
-        st.dir,
-        make_batch=objective.make_batch,
-        loss_fn=objective.loss,
-        seed=cfg.seed,
-        device=ctx.device,
-        progress=ctx.progress,
-        desc="pretrain",
-        checkpoint_extra={"config": asdict(cfg)},
-    ).fit()
-    summary = {"objective": p.objective, "trained": True, **_last(log)}
-    if p.objective == "supervised":
-        summary["label_noise"] = p.label_noise
-    return finish(st, summary)
+    return train_objective(ctx, st, p, p.train, desc=name)
 
 
-def _last(log: list[dict[str, Any]]) -> dict[str, Any]:
+def run(ctx: Context) -> dict[str, Any]:
+    """Make every N_pre of the run; returns the (first) N_pre's meta."""
+    metas = [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))]
+    return metas[0]
+
+
+def log_summary(log: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last epoch's figures (``final_loss``, ``final_train_acc``, ...) and the total time."""
     last = dict(log[-1]) if log else {}
     out = {f"final_{k}": v for k, v in last.items() if k not in ("epoch", "seconds", "lr")}
     out["epochs"] = len(log)

@@ -12,6 +12,7 @@ change that touches only N_cf reprobes only N_cf. Writes ``probe/results.json``.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any
 
@@ -24,14 +25,14 @@ from clusterfit.data import ImageSet, load_images
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, pool_to_dims
 from clusterfit.models import Net, build_from_args, load_model
-from clusterfit.stages import fit, pretrain
+from clusterfit.stages import baselines, fit, pretrain
 from clusterfit.stages.context import Context, finish, start
 from clusterfit.stages.extract import compute_features
 from clusterfit.train.engine import CHECKPOINT
 
 NAME = "probe"
 CELLS = "probe_cells"  # beside probe/, so that a redone probe stage keeps the finished cells
-MODEL_ORDER = ("random", "N_pre", "N_cf")
+MODEL_ORDER = ("random", "N_pre", "N_pre_2", "N_pre_3", "N_pre_2x", "distill", "N_cf")
 
 
 def _probe_settings(ctx: Context) -> dict[str, Any]:
@@ -46,8 +47,11 @@ def _models(ctx: Context) -> dict[str, str]:
     out = {}
     if ctx.cfg.probe.random_baseline:
         out["random"] = fingerprint({"random_init_of": pretrain.stage(ctx).fingerprint})
-    out["N_pre"] = pretrain.stage(ctx).fingerprint
+    for task in range(len(ctx.pretrain_configs)):
+        out[pretrain.model_name(task)] = pretrain.stage(ctx, task).fingerprint
     out["N_cf"] = fit.stage(ctx).fingerprint
+    for key in baselines.enabled(ctx):
+        out[baselines.MODELS[key]] = baselines.stage(ctx, key).fingerprint
     return out
 
 
@@ -57,17 +61,32 @@ def stage(ctx: Context) -> Stage:
         "probe": _probe_settings(ctx),
         "targets": [asdict(t) for t in ctx.cfg.probe.targets],
     }
-    return Stage(ctx.run_dir, NAME, config, _models(ctx))
+    return Stage(ctx.run_dir, ctx.folder(NAME), config, _models(ctx))
+
+
+def _checkpoint(ctx: Context, name: str) -> Path:
+    """Where the probed network ``name`` was saved."""
+    if name == "N_cf":
+        st = fit.stage(ctx)
+        st.require("fit")
+        return st.dir / CHECKPOINT
+    for key, model in baselines.MODELS.items():
+        if name == model:
+            st = baselines.stage(ctx, key)
+            st.require("baselines")
+            return st.dir / CHECKPOINT
+    task = 0 if name in ("N_pre", "random") else int(name.rsplit("_", 1)[1]) - 1
+    st = pretrain.stage(ctx, task)
+    st.require("pretrain")
+    return st.dir / CHECKPOINT
 
 
 def _load_net(ctx: Context, name: str) -> Net:
-    pre = load_model(pretrain.stage(ctx).dir / CHECKPOINT)
-    if name == "N_pre":
-        return pre
-    if name == "N_cf":
-        return load_model(fit.stage(ctx).dir / CHECKPOINT)
+    net = load_model(_checkpoint(ctx, name))
+    if name != "random":
+        return net
     torch.manual_seed(ctx.cfg.seed + 2)
-    return build_from_args(pre.model_args)
+    return build_from_args(net.model_args)
 
 
 def load_target(t: TargetConfig, seed: int, progress: bool) -> tuple[ImageSet, ImageSet]:
@@ -98,7 +117,13 @@ def load_target(t: TargetConfig, seed: int, progress: bool) -> tuple[ImageSet, I
 
 
 def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
-    p = ctx.cfg.pretrain
+    """The facts a report groups by: K (N_cf only), N_pre's objective and label noise, seed."""
+    task = (
+        int(model.rsplit("_", 1)[1]) - 1
+        if model.startswith("N_pre_") and model[-1].isdigit()
+        else 0
+    )
+    p = ctx.pretrain_configs[task]
     return {
         "k": ctx.cfg.cluster.k if model == "N_cf" else None,
         "label_noise": p.label_noise if p.objective == "supervised" else None,
@@ -172,10 +197,10 @@ def run(ctx: Context) -> dict[str, Any]:
     """Probe every network on every target (or skip: done already). Returns the stage's meta."""
     cfg, st = ctx.cfg, stage(ctx)
     if st.is_complete():
-        ctx.say(f"probe: up to date, skipped ({st.dir})")
+        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
         return st.meta() or {}
-    pretrain.stage(ctx).require("pretrain")
-    fit.stage(ctx).require("fit")
+    for model in _models(ctx):
+        _checkpoint(ctx, model)
     targets = [(t, *load_target(t, cfg.seed, ctx.progress)) for t in cfg.probe.targets]
     start(st)
     cells = ctx.run_dir / CELLS
@@ -191,7 +216,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 continue
             if net is None:
                 net = _load_net(ctx, model)
-            ctx.say(f"probe: {model} on {target.name} ({len(train)} train / {len(test)} test)")
+            ctx.say(f"{st.name}: {model} on {target.name} ({len(train)} train / {len(test)} test)")
             cell = probe_cell(ctx, net, model, target, train, test)
             write_json(path, cell)
             records.extend(cell)

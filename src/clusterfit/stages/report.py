@@ -18,15 +18,22 @@ def gather(run_dirs: list[Path]) -> list[dict[str, Any]]:
     """Every probe record of ``run_dirs``, each tagged with its run's name."""
     records: list[dict[str, Any]] = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "probe" / "results.json"
-        if not path.is_file():
+        paths = sorted(Path(run_dir).glob("probe*/results.json"))
+        if not paths:
             raise ClusterFitError(
-                f"{run_dir} has no probe results ({path} is missing): finish the run first "
+                f"{run_dir} has no probe results (no probe/results.json): finish the run first "
                 "with `clusterfit run` (or `clusterfit probe`)"
             )
-        results = read_json(path)
-        for r in results["records"]:
-            records.append({**r, "run": results.get("run", Path(run_dir).name)})
+        seen = set()
+        for path in paths:
+            results = read_json(path)
+            for r in results["records"]:
+                # N_pre's cells are shared by every K of a sweep: count each record once.
+                key = (r["model"], r["layer"], r["target"], r["protocol"], r["metric"], r["k"])
+                if key in seen:
+                    continue
+                seen.add(key)
+                records.append({**r, "run": results.get("run", Path(run_dir).name)})
     return records
 
 
