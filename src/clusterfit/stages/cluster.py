@@ -37,7 +37,8 @@ def stage(ctx: Context, task: int = 0) -> Stage:
 
 def run(ctx: Context) -> dict[str, Any]:
     """Cluster the features of every N_pre; returns the (first) clustering's meta."""
-    return [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))][0]
+    metas = [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))]
+    return metas[0]
 
 
 def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:

@@ -103,7 +103,8 @@ def features_path(st: Stage, layer: str) -> Path:
 
 def run(ctx: Context) -> dict[str, Any]:
     """Extract the features of every N_pre; returns the (first) N_pre's extract meta."""
-    return [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))][0]
+    metas = [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))]
+    return metas[0]
 
 
 def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import numpy as np
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
 from clusterfit.stages import cluster
-from clusterfit.stages.pretrain import log_summary, new_network
 from clusterfit.stages.context import Context, finish, start
+from clusterfit.stages.pretrain import log_summary, new_network
 from clusterfit.train.engine import Trainer
 
 NAME = "fit"

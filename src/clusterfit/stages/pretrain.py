@@ -62,7 +62,7 @@ def new_network(
     seed: int,
     patches: int = 1,
 ) -> Net:
-    """A freshly initialised (seeded) network for ``data``'s images, normalised by its statistics."""
+    """A freshly initialised (seeded) network for ``data``'s images, normalised by their stats."""
     mean, std = channel_stats(data.images)
     torch.manual_seed(seed)
     return create_model(

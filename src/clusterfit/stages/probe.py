@@ -12,8 +12,8 @@ change that touches only N_cf reprobes only N_cf. Writes ``probe/results.json``.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
