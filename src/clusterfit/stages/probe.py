@@ -25,7 +25,7 @@ from clusterfit.data import ImageSet, load_images
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, pool_to_dims
 from clusterfit.models import Net, build_from_args, load_model
-from clusterfit.stages import baselines, fit, pretrain
+from clusterfit.stages import baselines, cluster, fit, pretrain
 from clusterfit.stages.context import Context, finish, start
 from clusterfit.stages.extract import compute_features
 from clusterfit.train.engine import CHECKPOINT
@@ -116,6 +116,12 @@ def load_target(t: TargetConfig, seed: int, progress: bool) -> tuple[ImageSet, I
     return train, test
 
 
+def _n_clusters(ctx: Context) -> int:
+    """K as the cluster stage made it (prototype clustering makes one per class)."""
+    meta = cluster.stage(ctx).meta() or {}
+    return int(meta.get("summary", {}).get("k", ctx.cfg.cluster.k))
+
+
 def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
     """The facts a report groups by: K (N_cf only), N_pre's objective and label noise, seed."""
     task = (
@@ -125,7 +131,7 @@ def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
     )
     p = ctx.pretrain_configs[task]
     return {
-        "k": ctx.cfg.cluster.k if model == "N_cf" else None,
+        "k": _n_clusters(ctx) if model == "N_cf" else None,
         "label_noise": p.label_noise if p.objective == "supervised" else None,
         "objective": p.objective,
         "seed": ctx.cfg.seed,
