@@ -117,7 +117,7 @@ def test_epochs_override_and_errors():
     with pytest.raises(DataError, match="negative"):
         linear_probe(x, y - 1, x, y, progress=False)
     with pytest.raises(ClusterFitError, match="validation"):
-        linear_probe(x[:3], y[:3], x, y, progress=False)
+        linear_probe(x[:3], y[:3], x[:3], y[:3], progress=False)
     with pytest.warns(UserWarning, match="absent"):
         out = linear_probe(x, y, x, np.full(300, 7), lrs=(0.01,), n_updates=5, progress=False)
     assert out["top1"] == 0.0
