@@ -121,3 +121,15 @@ def test_epochs_override_and_errors():
     with pytest.warns(UserWarning, match="absent"):
         out = linear_probe(x, y, x, np.full(300, 7), lrs=(0.01,), n_updates=5, progress=False)
     assert out["top1"] == 0.0
+
+
+def test_memmap_input_gives_the_same_result_and_is_not_modified(tmp_path):
+    x, y = _blobs(300, 8, 3, seed=6)
+    path = tmp_path / "res5.npy"
+    np.save(path, x)
+    mm = np.load(path, mmap_mode="r")
+    kw = dict(lrs=(0.1, 0.01), n_updates=40, progress=False)
+    a = linear_probe(mm[:200], y[:200], mm[200:], y[200:], **kw)
+    b = linear_probe(x[:200], y[:200], x[200:], y[200:], **kw)
+    assert a == b
+    np.testing.assert_array_equal(np.load(path), x)

@@ -28,6 +28,15 @@ def as_features(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     return x
 
 
+def rows_tensor(part: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A float32 tensor of a block of feature rows (a copy when the block is read-only)."""
+    if part.flags.writeable:
+        part = np.ascontiguousarray(part, dtype=np.float32)
+    else:  # e.g. a read-only memmap: torch cannot share non-writable memory
+        part = np.array(part, dtype=np.float32, order="C")
+    return torch.from_numpy(part).to(device)
+
+
 def as_labels(y: np.ndarray | torch.Tensor, n: int, name: str) -> np.ndarray:
     """Check a length-``n`` vector of class labels (int >= 0) and return it as int64 numpy."""
     if isinstance(y, torch.Tensor):

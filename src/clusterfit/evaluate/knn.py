@@ -22,6 +22,7 @@ from clusterfit.evaluate._common import (
     as_labels,
     check_dims,
     encode_labels,
+    rows_tensor,
     topk_correct,
 )
 
@@ -29,7 +30,7 @@ __all__ = ["knn_accuracy", "knn_classify", "knn_scores"]
 
 
 def _normalized(x: np.ndarray, rows: slice, device: torch.device) -> torch.Tensor:
-    chunk = torch.from_numpy(np.ascontiguousarray(x[rows])).to(device)
+    chunk = rows_tensor(x[rows], device)
     return F.normalize(chunk, dim=1)
 
 
@@ -41,7 +42,7 @@ def knn_scores(
     n_classes: int,
     k: int = 20,
     temperature: float = 0.07,
-    chunk_size: int = 1024,
+    chunk_size: int = 2048,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Class votes of a temperature-weighted cosine kNN.
@@ -51,8 +52,8 @@ def knn_scores(
         X_test: M x D features.
         k: neighbours per test item (capped at N, with a warning).
         temperature: T in the vote weight ``exp(cosine / T)``.
-        chunk_size: test rows (and train rows) handled per block; memory is about
-            ``chunk_size * (chunk_size + k)`` similarities plus one block of each split.
+        chunk_size: test rows (and train rows) handled per block; memory is one normalised
+            copy of the train split plus about ``chunk_size * (chunk_size + k)`` similarities.
 
     Returns:
         M x n_classes float32 tensor (CPU): summed vote weights per class.
@@ -74,16 +75,16 @@ def knn_scores(
         k = n_train
     dev = torch.device(device) if device is not None else torch.device("cpu")
     labels = torch.as_tensor(np.asarray(y_train), dtype=torch.int64, device=dev)
-    # Normalise the train split once when it fits in one block; otherwise per block.
+    # The train split is normalised once (one float32 copy); similarities are computed block by
+    # block, keeping a running top-k, so no M x N similarity matrix is ever held.
     train_blocks = [slice(i, min(i + chunk_size, n_train)) for i in range(0, n_train, chunk_size)]
-    cached = [_normalized(X_train, b, dev) for b in train_blocks] if len(train_blocks) == 1 else []
+    normed = [_normalized(X_train, b, dev) for b in train_blocks]
     out = torch.zeros(X_test.shape[0], n_classes, dtype=torch.float32)
     for start in range(0, X_test.shape[0], chunk_size):
         q = _normalized(X_test, slice(start, start + chunk_size), dev)
         best_sim = torch.full((q.shape[0], 0), -2.0, device=dev)
         best_idx = torch.zeros((q.shape[0], 0), dtype=torch.int64, device=dev)
-        for j, block in enumerate(train_blocks):
-            t = cached[j] if cached else _normalized(X_train, block, dev)
+        for block, t in zip(train_blocks, normed, strict=True):
             sim = torch.cat([best_sim, q @ t.T], dim=1)
             idx = torch.cat(
                 [best_idx, torch.arange(block.start, block.stop, device=dev).expand(len(q), -1)],
@@ -105,7 +106,7 @@ def knn_classify(
     *,
     k: int = 20,
     temperature: float = 0.07,
-    chunk_size: int = 1024,
+    chunk_size: int = 2048,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Predict a label for each test row by the weighted kNN vote (Wu et al. 2018).
@@ -142,7 +143,7 @@ def knn_accuracy(
     *,
     k: int = 20,
     temperature: float = 0.07,
-    chunk_size: int = 1024,
+    chunk_size: int = 2048,
     device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Top-1 / top-5 accuracy (percent) of the weighted kNN classifier on a labelled test split.

@@ -43,6 +43,7 @@ from clusterfit.evaluate._common import (
     as_labels,
     check_dims,
     encode_labels,
+    rows_tensor,
     topk_correct,
 )
 
@@ -88,7 +89,7 @@ def _standardiser(x: np.ndarray, device: torch.device) -> tuple[torch.Tensor, to
     s1 = torch.zeros(d, dtype=torch.float64, device=device)
     s2 = torch.zeros(d, dtype=torch.float64, device=device)
     for i in range(0, x.shape[0], _EVAL_CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(x[i : i + _EVAL_CHUNK])).to(device)
+        chunk = rows_tensor(x[i : i + _EVAL_CHUNK], device)
         s1 += chunk.sum(0, dtype=torch.float64)
         s2 += chunk.double().pow(2).sum(0)
     n = x.shape[0]
@@ -108,7 +109,7 @@ def _standardised(
     out = torch.empty((n, x.shape[1]), dtype=torch.float32, device=mean.device)
     for i in range(0, n, _EVAL_CHUNK):
         part = x[i : i + _EVAL_CHUNK] if rows is None else x[rows[i : i + _EVAL_CHUNK]]
-        chunk = torch.from_numpy(np.ascontiguousarray(part)).to(mean.device)
+        chunk = rows_tensor(part, mean.device)
         out[i : i + len(chunk)] = (chunk - mean) * inv_std
     return out
 
