@@ -19,7 +19,7 @@ Choices made here, beyond the paper:
   ties broken by lower validation cross-entropy. The test split is not read until the chosen
   rate has been retrained on the full train split. All rates of the sweep are trained in one
   pass over the same mini-batches (the weights of the different rates are stacked into one
-  matrix), which costs little more than training one.
+  matrix), so the batches are read once and the matrix products are larger and faster.
 * **Updates.** ``n_updates`` (default 1000, about 50 epochs of 5k images at batch 256) is fixed
   across targets; ``epochs`` overrides it with ``epochs * ceil(N / batch_size)``.
 * Weights and biases start at zero (the problem is convex); weight decay applies to the weights,
