@@ -105,20 +105,19 @@ class BatchAugment:
             rows = torch.where(rows > h - 1, 2 * (h - 1) - rows, rows)
             cols = cols.abs()
             cols = torch.where(cols > w - 1, 2 * (w - 1) - cols, cols)
-        # flat index into the batch, B x C x (H*W); zero padding points at one extra 0 pixel
-        pix = rows[:, :, None] * w + cols[:, None, :]  # B x H x W
-        flat = images.reshape(-1)
-        if self.padding_mode == "zeros" and p > 0:
-            row_out = (rows < 0) | (rows >= h)  # B x H
-            col_out = (cols < 0) | (cols >= w)  # B x W
-            outside = row_out[:, :, None] | col_out[:, None, :]
-            flat = torch.cat([flat, flat.new_zeros(1)])
-        base = torch.arange(b * c, device=dev).view(b, c, 1) * (h * w)
-        index = base + pix.view(b, 1, h * w)
-        if self.padding_mode == "zeros" and p > 0:
-            index = index.masked_fill_(outside.view(b, 1, h * w), flat.numel() - 1)
-        # index_select on a flat view is several times faster on CPU than gather
-        out = flat.index_select(0, index.view(-1)).view(b, c, h, w)
+        else:
+            # zero padding: copy the batch into a zero canvas once; every index is then valid
+            if p > 0:
+                canvas = images.new_zeros(b, c, h + 2 * p, w + 2 * p)
+                canvas[:, :, p : p + h, p : p + w] = images
+                images = canvas
+            rows, cols = rows + p, cols + p
+        src_h, src_w = images.shape[2:]
+        # flat index into the batch (B x C x H x W), then one index_select: on CPU several times
+        # faster than gather
+        pix = (rows[:, :, None] * src_w + cols[:, None, :]).view(b, 1, h * w)
+        base = torch.arange(b * c, device=dev).view(b, c, 1) * (src_h * src_w)
+        out = images.reshape(-1).index_select(0, (base + pix).view(-1)).view(b, c, h, w)
         return to_float(out)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
