@@ -317,3 +317,23 @@ def test_decode_workers_match_in_process(tmp_path: Path) -> None:
     _save(tmp_path / "odd.png", _rgb(0, 5, 5))
     with pytest.raises(DataError, match=r"odd\.png"):
         decode_files([*paths, tmp_path / "odd.png"], progress=False, num_workers=0, chunk=2)
+
+
+def test_distributed_rank0_fills_cache_first(tmp_path: Path, monkeypatch) -> None:
+    _save(tmp_path / "d" / "a.png", _rgb(0))
+    log: list[str] = []
+    real_decode = images_mod.decode_files
+
+    def decode(*args, **kwargs):
+        log.append("decode")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(images_mod, "decode_files", decode)
+    monkeypatch.setattr(images_mod.distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(images_mod.distributed, "barrier", lambda: log.append("barrier"))
+    for rank in (0, 1):
+        monkeypatch.setattr(images_mod.distributed, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(images_mod.distributed, "is_main_process", lambda r=rank: r == 0)
+        load_images(tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
+    # rank 0 decodes, then waits; rank 1 waits, then reads the cache without decoding
+    assert log == ["decode", "barrier", "barrier"]
