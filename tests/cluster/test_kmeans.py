@@ -108,21 +108,19 @@ def test_empty_cluster_reseeded_and_counted(backend):
 
 
 def test_split_copies_a_centroid_and_perturbs_both_symmetrically():
-    prev = torch.tensor([[1.0, 2.0, 3.0], [9.0, 9.0, 9.0], [4.0, -5.0, 6.0]])
-    sums = torch.tensor(
-        [[10.0, 20.0, 30.0], [0.0, 0.0, 0.0], [4.0, -5.0, 6.0]], dtype=torch.float64
-    )
-    counts = torch.tensor([10.0, 0.0, 1.0], dtype=torch.float64)  # a singleton cannot split
+    prev = np.array([[1.0, 2.0, 3.0], [9.0, 9.0, 9.0], [4.0, -5.0, 6.0]], dtype=np.float32)
+    sums = np.array([[10.0, 20.0, 30.0], [0.0, 0.0, 0.0], [4.0, -5.0, 6.0]])
+    counts = np.array([10.0, 0.0, 1.0])  # a singleton cannot be split
     new, n_split = _update(sums, counts, prev, np.random.default_rng(0), False, SPLIT_EPS)
-    assert n_split == 1
+    assert n_split == 1 and new.dtype == np.float32
     s = np.array([1.0, -1.0, 1.0])  # alternating signs per dimension
     base = np.array([1.0, 2.0, 3.0])  # the mean of cluster 0
-    np.testing.assert_allclose(new[1].numpy(), base * (1 + SPLIT_EPS * s), rtol=1e-6)
-    np.testing.assert_allclose(new[0].numpy(), base * (1 - SPLIT_EPS * s), rtol=1e-6)
-    np.testing.assert_allclose(new[2].numpy(), [4.0, -5.0, 6.0])
+    np.testing.assert_allclose(new[1], base * (1 + SPLIT_EPS * s), rtol=1e-6)
+    np.testing.assert_allclose(new[0], base * (1 - SPLIT_EPS * s), rtol=1e-6)
+    np.testing.assert_allclose(new[2], [4.0, -5.0, 6.0])
     # spherical: the two copies are renormalised
     new, _ = _update(sums, counts, prev, np.random.default_rng(0), True, SPLIT_EPS)
-    np.testing.assert_allclose(new.norm(dim=1).numpy(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(new, axis=1), 1.0, rtol=1e-6)
 
 
 def test_streaming_refinement_on_memmap_equals_in_memory(tmp_path):
@@ -243,3 +241,19 @@ def test_bad_parameters_raise():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         KMeans(3, n_iter=1, subsample=50, progress=False).fit(X)  # exactly N: no warning
+
+
+def test_memmap_reading_paths_agree(tmp_path):
+    """Whole .npy memmaps are read with pread (any dtype / byte order), views through the map."""
+    X, _ = blobs(n=1200, d=5, k=4, seed=12)
+    path = tmp_path / "be.npy"
+    np.save(path, X.astype(">f8"))
+    mm = np.load(path, mmap_mode="r")
+    kw = dict(
+        n_iter=3, subsample=500, refine_iter=1, chunk_size=100, backend="torch", progress=False
+    )
+    ref = KMeans(4, **kw).fit(np.asarray(mm, dtype=np.float32))
+    np.testing.assert_array_equal(KMeans(4, **kw).fit(mm).labels_, ref.labels_)
+    view = KMeans(4, **kw).fit(mm[100:])  # a view of the map: read through the mapping
+    np.testing.assert_array_equal(view.labels_, KMeans(4, **kw).fit(X[100:]).labels_)
+    np.testing.assert_array_equal(ref.predict(mm), ref.labels_)

@@ -35,8 +35,10 @@ import contextlib
 import itertools
 import math
 import mmap
+import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +124,24 @@ class _RawRows:
         self.n, self.d = int(data.shape[0]), int(data.shape[1])
         self.is_tensor = isinstance(data, torch.Tensor)
         self.streamed = isinstance(data, np.memmap)
+        # A whole .npy memmap (as np.load(mmap_mode="r") returns) is read with pread() into
+        # fresh buffers: no page faults, and the file's pages never count in our resident set.
+        self._fd: int | None = None
+        if (
+            self.streamed
+            and isinstance(data.base, mmap.mmap)
+            and data.flags.c_contiguous
+            and getattr(data, "mode", None) in ("r", "r+", "w+")
+            and getattr(data, "filename", None)
+        ):
+            try:
+                self._fd = os.open(data.filename, os.O_RDONLY)
+            except OSError:
+                self._fd = None
+            else:
+                weakref.finalize(self, os.close, self._fd)
+                self._file_offset = int(data.offset)
+                self._row_bytes = self.d * data.dtype.itemsize
         # Whether read() returns views of X rather than copies.
         if self.is_tensor:
             self.zero_copy = data.dtype == torch.float32 and data.is_contiguous()
@@ -135,6 +155,8 @@ class _RawRows:
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) as a float32 tensor ((stop - start) x D) on X's device."""
+        if self._fd is not None:
+            return torch.from_numpy(_as_float32(self._pread(start, stop)))
         x = self.data[start:stop]
         if self.is_tensor:
             return x.float().contiguous()
@@ -160,9 +182,32 @@ class _RawRows:
         edges = np.searchsorted(ordered, np.arange(0, self.n + window, window))
         for a, b in itertools.pairwise(edges.tolist()):
             if b > a:
-                out[order[a:b]] = self.data[ordered[a:b]]
-                self._release()
+                if self._fd is not None:
+                    lo, hi = int(ordered[a]), int(ordered[b - 1]) + 1
+                    out[order[a:b]] = self._pread(lo, hi)[ordered[a:b] - lo]
+                else:
+                    out[order[a:b]] = self.data[ordered[a:b]]
+                    self._release()
         return torch.from_numpy(out)
+
+    def _pread(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) read from the memmap's file into a new array of X's dtype."""
+        assert self._fd is not None
+        out = np.empty((stop - start, self.d), dtype=self.data.dtype)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        pos = self._file_offset + start * self._row_bytes
+        done = 0
+        while done < len(buf):
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._fd, [buf[done:]], pos + done)
+            else:  # pragma: no cover - platforms without preadv
+                chunk = os.pread(self._fd, len(buf) - done, pos + done)
+                got = len(chunk)
+                buf[done : done + got] = chunk
+            if got <= 0:
+                raise DataError(f"{self.data.filename}: the file ends early (truncated?)")
+            done += got
+        return out
 
     def _release(self) -> None:
         """Drop the memmap's pages from this process once copied (they stay in the OS page
@@ -177,6 +222,10 @@ class _RawRows:
         ):
             with contextlib.suppress(OSError, ValueError):
                 mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.float32 and x.dtype.isnative else x.astype(np.float32)
 
 
 class _Source:
@@ -634,6 +683,7 @@ class KMeans:
             train.materialise(dim)
 
         centroids = self._initial_centroids(train, train_start, n_train, dim, device)
+        centroids = centroids.cpu().numpy().astype(np.float32)
         assigner = self._make_assigner()
         split_rng = np.random.default_rng([self.seed, 2])
         self.history_: list[dict[str, Any]] = []
@@ -650,7 +700,7 @@ class KMeans:
         for phase, src, count, n_points in phases:
             for _ in range(count):
                 t0 = time.perf_counter()
-                assigner.set_centroids(centroids)
+                assigner.set_centroids(torch.from_numpy(centroids).to(device))
                 sums, counts, obj, _ = _lloyd_pass(src, assigner, k, dim, device, True, False)
                 centroids, n_split = _update(
                     sums, counts, centroids, split_rng, self.spherical, SPLIT_EPS
@@ -674,13 +724,13 @@ class KMeans:
         bar.close()
         self.n_iter_ = it
 
-        assigner.set_centroids(centroids)
+        assigner.set_centroids(torch.from_numpy(centroids).to(device))
         _, _, inertia, local_labels = _lloyd_pass(full, assigner, k, dim, device, False, True)
         assert local_labels is not None
-        labels = cfdist.all_gather_cat(local_labels.to(device))
+        labels = cfdist.all_gather_cat(torch.from_numpy(local_labels).to(device))
         self.labels_ = labels.cpu().numpy().astype(np.int64, copy=False)
         self.inertia_ = inertia
-        self.cluster_centers_ = centroids.cpu().numpy().astype(np.float32)
+        self.cluster_centers_ = centroids
         return self
 
     def _initial_centroids(
@@ -690,15 +740,19 @@ class KMeans:
         k = int(self.n_clusters)
         rng = np.random.default_rng([self.seed, 3])
         if not isinstance(self.init, str):
-            init = torch.as_tensor(np.asarray(self.init, dtype=np.float32)).to(device)
-            if tuple(init.shape) != (k, dim):
+            init_np = np.array(
+                self.init.detach().cpu() if isinstance(self.init, torch.Tensor) else self.init,
+                dtype=np.float32,
+            )
+            if init_np.shape != (k, dim):
                 raise DataError(
-                    f"init array has shape {tuple(init.shape)}; expected (n_clusters, D) = "
+                    f"init array has shape {init_np.shape}; expected (n_clusters, D) = "
                     f"({k}, {dim}) in the clustering space"
                 )
-            if not torch.isfinite(init).all():
+            if not np.isfinite(init_np).all():
                 raise DataError("init array contains NaN or inf")
-            return _normalise_rows(init) if self.spherical else init.clone()
+            init = torch.from_numpy(init_np).to(device)
+            return _normalise_rows(init) if self.spherical else init
         if self.init == "random":
             chosen = rng.choice(n_train, k, replace=False)
             return _gather_global(src, start, chosen, dim, device)
@@ -727,7 +781,10 @@ class KMeans:
         assigner.set_centroids(torch.from_numpy(self.cluster_centers_).to(self.device_))
         out = np.empty(rows.n, dtype=np.int64)
         for a, x in src.raw_chunks():
-            bad = ~torch.isfinite(x).all(1)
+            bad = ~torch.isfinite(x).all(1) if x.device.type != "cpu" else None
+            if x.device.type == "cpu":
+                bad = torch.from_numpy(~np.isfinite(x.numpy()).all(1))
+            assert bad is not None
             if bool(bad.any()):
                 first = (torch.nonzero(bad).flatten()[:5] + a).tolist()
                 raise DataError(f"X has NaN or inf values in rows {first} (first few)")
@@ -746,15 +803,18 @@ def _validate(src: _Source, start: int, spherical: bool, device: torch.device) -
     n_bad = torch.zeros(2, dtype=torch.float64, device=device)
     first = torch.full((2, 5), -1, dtype=torch.int64, device=device)
     for a, x in src.raw_chunks():
-        checks = [~torch.isfinite(x).all(1)]
+        xs: Any = x.numpy() if x.device.type == "cpu" else x
+        lib: Any = np if x.device.type == "cpu" else torch
+        checks = [~lib.isfinite(xs).all(1)]
         if spherical:
-            checks.append((x == 0).all(1))
+            checks.append((xs == 0).all(1))
         for j, bad in enumerate(checks):
             cnt = int(bad.sum())
             if cnt:
                 have = int((first[j] >= 0).sum())
                 if have < 5:
-                    ids = torch.nonzero(bad).flatten()[: 5 - have] + (start + a)
+                    where = np.nonzero(bad)[0] if lib is np else torch.nonzero(bad)[:, 0]
+                    ids = torch.as_tensor(where[: 5 - have]) + (start + a)
                     first[j, have : have + len(ids)] = ids.to(device)
                 n_bad[j] += cnt
     cfdist.all_reduce_sum(n_bad)
@@ -864,79 +924,99 @@ def _lloyd_pass(
     device: torch.device,
     accumulate: bool,
     keep_labels: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, float, torch.Tensor | None]:
+) -> tuple[np.ndarray | None, np.ndarray, float, np.ndarray | None]:
     """One assignment pass over ``src``: (sums K x dim float64, counts K float64, objective,
-    local labels) with sums, counts and objective summed over ranks."""
-    sums = torch.zeros((k, dim), dtype=torch.float64, device=device) if accumulate else None
-    part = torch.empty((k, dim), dtype=torch.float32, device=device) if accumulate else None
-    stats = torch.zeros(k + 1, dtype=torch.float64, device=device)  # counts, objective
-    labels = torch.empty(src.n, dtype=torch.int64, device=device) if keep_labels else None
-    for a, x in src.chunks():
-        lab, dist = assigner.assign(x)
-        lab = lab.to(device)
-        if sums is not None and part is not None:
-            sums += _chunk_sums(lab, x, k, part)
-        stats[:k] += torch.bincount(lab, minlength=k)
-        stats[k] += dist.to(device).sum(dtype=torch.float64)
-        if labels is not None:
-            labels[a : a + lab.shape[0]] = lab
+    local labels int64), all numpy, with sums, counts and objective summed over ranks.
+
+    On CPU the bookkeeping is numpy (single-threaded: small ops gain nothing from threads, and
+    thread pools that spin-wait are slow on shared cores); on GPU it stays on the device.
+    """
+    on_cpu = device.type == "cpu"
+    labels = np.empty(src.n, dtype=np.int64) if keep_labels else None
+    if on_cpu:
+        sums_np = np.zeros((k, dim)) if accumulate else None
+        counts_np = np.zeros(k)
+        obj = 0.0
+        for a, x in src.chunks():
+            lab, dist = assigner.assign(x)
+            lab_np = lab.numpy()
+            if sums_np is not None:
+                sums_np += _chunk_sums(lab_np, x.numpy(), k)
+            counts_np += np.bincount(lab_np, minlength=k)
+            obj += float(dist.numpy().sum(dtype=np.float64))
+            if labels is not None:
+                labels[a : a + len(lab_np)] = lab_np
+        sums = torch.from_numpy(sums_np) if sums_np is not None else None
+        stats = torch.from_numpy(np.append(counts_np, obj))
+    else:
+        sums = torch.zeros((k, dim), dtype=torch.float64, device=device) if accumulate else None
+        part = torch.empty((k, dim), dtype=torch.float32, device=device) if accumulate else None
+        stats = torch.zeros(k + 1, dtype=torch.float64, device=device)  # counts, objective
+        for a, x in src.chunks():
+            lab, dist = assigner.assign(x)
+            lab = lab.to(device)
+            if sums is not None and part is not None:
+                part.zero_()
+                sums += part.index_add_(0, lab, x)
+            stats[:k] += torch.bincount(lab, minlength=k)
+            stats[k] += dist.to(device).sum(dtype=torch.float64)
+            if labels is not None:
+                labels[a : a + lab.shape[0]] = lab.cpu().numpy()
     if sums is not None:
         cfdist.all_reduce_sum(sums)
     cfdist.all_reduce_sum(stats)
-    return sums, stats[:k], float(stats[k]), labels
+    stats_np = stats.cpu().numpy()
+    sums_out = sums.cpu().numpy() if sums is not None else None
+    return sums_out, stats_np[:k], float(stats_np[k]), labels
 
 
-def _chunk_sums(lab: torch.Tensor, x: torch.Tensor, k: int, out: torch.Tensor) -> torch.Tensor:
-    """Per-cluster sums of the rows of x (B x D) by label (B): K x D float32.
-
-    On CPU a sparse (K x B one-hot) @ x product, single-threaded: torch's multi-threaded
-    ``index_add_`` collapses when the cores are shared; on GPU ``index_add_`` into ``out``.
-    """
-    if x.device.type != "cpu":
-        out.zero_()
-        return out.index_add_(0, lab, x)
+def _chunk_sums(lab: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows of x (B x D float32) by label (B ints): K x D float32, as a
+    sparse one-hot (K x B) @ x product."""
     import scipy.sparse
 
-    b = int(x.shape[0])
-    lab_np = lab.numpy()
+    b = len(lab)
     onehot = scipy.sparse.csr_matrix(
-        (np.ones(b, dtype=np.float32), (lab_np, np.arange(b))), shape=(k, b)
+        (np.ones(b, dtype=np.float32), (lab, np.arange(b))), shape=(k, b)
     )
-    return torch.from_numpy(np.asarray(onehot @ x.numpy()))
+    return np.asarray(onehot @ x)
 
 
 def _update(
-    sums: torch.Tensor | None,
-    counts: torch.Tensor,
-    previous: torch.Tensor,
+    sums: np.ndarray | None,
+    counts: np.ndarray,
+    previous: np.ndarray,
     rng: np.random.Generator,
     spherical: bool,
     eps: float,
-) -> tuple[torch.Tensor, int]:
+) -> tuple[np.ndarray, int]:
     """New K x D float32 centroids (means of their points) and the number of empty clusters
-    re-seeded by splitting a cluster chosen with probability proportional to (size - 1)."""
+    re-seeded by splitting a cluster chosen with probability proportional to (size - 1).
+
+    sums: K x D float64, counts: K, previous: K x D (kept for clusters that stay empty).
+    """
     assert sums is not None
-    cent = previous.double().clone()
+    cent = np.array(previous, dtype=np.float64)
     nonempty = counts > 0
     cent[nonempty] = sums[nonempty] / counts[nonempty, None]
-    empty = torch.nonzero(~nonempty).flatten().tolist()
+    empty = np.nonzero(~nonempty)[0].tolist()
     if empty:
-        sizes = counts.cpu().numpy().copy()
-        sign = torch.ones(cent.shape[1], dtype=cent.dtype, device=cent.device)
+        sizes = np.array(counts, dtype=np.float64)
+        sign = np.ones(cent.shape[1])
         sign[1::2] = -1.0
         for ci in empty:
             weight = np.maximum(sizes - 1.0, 0.0)
             if weight.sum() <= 0:
                 weight = sizes.copy()
             cj = int(rng.choice(len(sizes), p=weight / weight.sum()))
-            base = cent[cj].clone()
+            base = cent[cj].copy()
             cent[ci] = base * (1.0 + eps * sign)
             cent[cj] = base * (1.0 - eps * sign)
             sizes[ci] = sizes[cj] / 2.0
             sizes[cj] -= sizes[ci]
     if spherical:
-        cent = _normalise_rows(cent)
-    return cent.float(), len(empty)
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    return cent.astype(np.float32), len(empty)
 
 
 # --------------------------------------------------------------------------------------------
