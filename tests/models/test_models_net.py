@@ -285,3 +285,13 @@ def test_channels_last_gives_same_outputs() -> None:
     for a, b in zip(want, got, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(inter, inter_cl, rtol=1e-4, atol=1e-5)
+
+
+def test_extractor_follows_dtype_conversion_and_accepts_a_single_name() -> None:
+    net = small_net().eval()
+    x = rand(2, 3, 16, 16)
+    net.intermediates(x, ["res3"])
+    net.double()
+    got = net.intermediates(x.double(), "res3")
+    assert list(got) == ["res3"] and got["res3"].dtype == torch.float64
+    torch.testing.assert_close(got["res3"], _reference_res3(net, x.double()))

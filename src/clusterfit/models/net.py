@@ -180,7 +180,7 @@ class Net(nn.Module):
         # FX extractors, keyed by the tuple of node names. A plain dict, so not part of
         # state_dict(), of .children() or of pickling (see __getstate__).
         self._extractors: dict[tuple[str, ...], tuple[tuple[int, ...], nn.Module]] = {}
-        self._nodes: list[str] | None = None
+        self._nodes: tuple[tuple[int, ...], list[str]] | None = None
 
     # ---------------------------------------------------------------- description
     @property
@@ -281,9 +281,16 @@ class Net(nn.Module):
         return [head(feats) for head in self.heads]
 
     # ---------------------------------------------------------------- intermediates
+    def _trunk_signature(self) -> tuple[int, ...]:
+        """Identity of the trunk's parameter and buffer objects (changes when one is replaced)."""
+        return tuple(id(t) for t in self.trunk.parameters()) + tuple(
+            id(t) for t in self.trunk.buffers()
+        )
+
     def _graph_nodes(self) -> list[str]:
         """FX node names of the trunk in eval mode (traced once, cached)."""
-        if self._nodes is None:
+        signature = self._trunk_signature()
+        if self._nodes is None or self._nodes[0] != signature:
             from torchvision.models.feature_extraction import get_graph_node_names
 
             try:
@@ -297,8 +304,8 @@ class Net(nn.Module):
                     f"the trunk of {self.arch!r} cannot be traced by torch.fx, so its named "
                     f"layers are not available: {type(e).__name__}: {e}"
                 ) from e
-            self._nodes = list(eval_nodes)
-        return self._nodes
+            self._nodes = (signature, list(eval_nodes))
+        return self._nodes[1]
 
     def _resolve_node(self, query: str) -> str:
         """The node a query names: itself, or the last node inside the module of that name."""
@@ -316,9 +323,7 @@ class Net(nn.Module):
         # The GraphModule shares the trunk's leaf modules (hence parameters and buffers), so it
         # follows in-place updates (optimizer steps, load_state_dict, .to()). If a parameter or
         # buffer object was replaced, the signature changes and the extractor is rebuilt.
-        signature = tuple(id(t) for t in self.trunk.parameters()) + tuple(
-            id(t) for t in self.trunk.buffers()
-        )
+        signature = self._trunk_signature()
         cached = self._extractors.get(nodes)
         if cached is not None and cached[0] == signature:
             return cached[1]
@@ -349,7 +354,7 @@ class Net(nn.Module):
         gives B x feature_dim, the same as ``forward_features``.
         Returns a dict name -> tensor in the order asked.
         """
-        layers = list(dict.fromkeys(layers))
+        layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
         valid = self.layer_names
         bad = [name for name in layers if name not in valid]
         if bad:
@@ -410,6 +415,7 @@ class Net(nn.Module):
         # demand, so copies (copy.deepcopy, pickle) stay independent of the original.
         state = self.__dict__.copy()
         state["_extractors"] = {}
+        state["_nodes"] = None
         return state
 
     def extra_repr(self) -> str:
