@@ -257,3 +257,17 @@ def test_memmap_reading_paths_agree(tmp_path):
     view = KMeans(4, **kw).fit(mm[100:])  # a view of the map: read through the mapping
     np.testing.assert_array_equal(view.labels_, KMeans(4, **kw).fit(X[100:]).labels_)
     np.testing.assert_array_equal(ref.predict(mm), ref.labels_)
+
+
+def test_row_checks_do_not_trip_on_overflowing_or_tiny_rows():
+    from clusterfit.cluster.kmeans import _bad_rows
+
+    x = np.ones((12, 4), dtype=np.float32)
+    x[2, 1] = 3e20  # finite, but its squared norm overflows float32
+    x[4, 0] = np.nan
+    x[6, 3] = -np.inf
+    x[8] = 0.0
+    x[10] = 1e-30  # non-zero, but its squared norm underflows
+    nonfinite, zero = _bad_rows(torch.from_numpy(x), spherical=True)
+    np.testing.assert_array_equal(nonfinite, [4, 6])
+    np.testing.assert_array_equal(zero, [8])

@@ -40,6 +40,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ _INITS = ("random", "k-means++")
 _BACKENDS = ("auto", "faiss", "torch")
 _GEMM_BLOCK_ELEMS = 1 << 25  # rows x K scores materialised at once by the torch assignment
 _TAKE_WINDOW_BYTES = 64 << 20  # span of a memmap mapped at once while gathering a subsample
+_CHUNK_BYTES = 64 << 20  # default chunk: rows of this many bytes (float32)
+_SUM_BUFFER_ELEMS = 1 << 26  # at most this many floats of per-thread partial centroid sums
+_SUM_MIN_ROWS = 2048  # rows per thread, at least, when the centroid sums are split
 
 
 def _import_faiss() -> Any:
@@ -490,7 +494,8 @@ class KMeans:
     subsample: train on a random subset of rows, held in memory: an int count or a float fraction
         in (0, 1]. ``None``: all rows.
     refine_iter: further Lloyd iterations over *all* rows after training, streamed in chunks.
-    chunk_size: rows read (from a memmap) and assigned at a time.
+    chunk_size: rows read (from a memmap) and assigned at a time; default: about 64 MB of float32
+        rows (``2**24 // D``, at least 1024).
     pca_dim: reduce to this many principal components first (fitted on the training rows);
         ``cluster_centers_`` then live in the PCA space and ``pca_`` holds the projection.
     whiten: scale the principal components to unit variance (needs ``pca_dim``).
@@ -527,7 +532,7 @@ class KMeans:
         device: str | torch.device | None = None,
         subsample: int | float | None = None,
         refine_iter: int = 0,
-        chunk_size: int = 16384,
+        chunk_size: int | None = None,
         pca_dim: int | None = None,
         whiten: bool = False,
         progress: bool = True,
@@ -564,7 +569,7 @@ class KMeans:
             v = getattr(self, name)
             if not is_int(v) or v < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {v!r}")
-        if not is_int(self.chunk_size) or self.chunk_size < 1:
+        if self.chunk_size is not None and (not is_int(self.chunk_size) or self.chunk_size < 1):
             raise ConfigError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
         if isinstance(self.init, str) and self.init not in _INITS:
             raise ConfigError(f"init must be one of {_INITS} or a K x D array, got {self.init!r}")
@@ -616,6 +621,17 @@ class KMeans:
             warnings.warn(f"subsample={s} exceeds the {n} rows; training on all rows", stacklevel=3)
         return min(m, n)
 
+    def _chunk_rows(self, d: int) -> int:
+        if self.chunk_size is not None:
+            return int(self.chunk_size)
+        return max(1024, _CHUNK_BYTES // (4 * d))
+
+    def _threads(self) -> int:
+        """CPU threads for the centroid sums: faiss's OpenMP count, or torch's."""
+        if self.backend_ == "faiss":
+            return int(_import_faiss().omp_get_max_threads())
+        return torch.get_num_threads()
+
     def _make_assigner(self) -> _TorchAssigner | _FaissAssigner:
         if self.backend_ == "faiss":
             return _FaissAssigner(self.spherical, self._faiss_gpu)
@@ -645,7 +661,7 @@ class KMeans:
         self.backend_, self.device_, self._faiss_gpu = self._resolve_backend(rows)
         device = self.device_
         rank = cfdist.get_rank()
-        chunk = int(self.chunk_size)
+        chunk = self._chunk_rows(d)
         self.n_features_in_ = d
         self.pca_: PCA | None = None
 
@@ -685,6 +701,7 @@ class KMeans:
         centroids = self._initial_centroids(train, train_start, n_train, dim, device)
         centroids = centroids.cpu().numpy().astype(np.float32)
         assigner = self._make_assigner()
+        threads = self._threads()
         split_rng = np.random.default_rng([self.seed, 2])
         self.history_: list[dict[str, Any]] = []
         self.n_reseeded_ = 0
@@ -701,7 +718,9 @@ class KMeans:
             for _ in range(count):
                 t0 = time.perf_counter()
                 assigner.set_centroids(torch.from_numpy(centroids).to(device))
-                sums, counts, obj, _ = _lloyd_pass(src, assigner, k, dim, device, True, False)
+                sums, counts, obj, _ = _lloyd_pass(
+                    src, assigner, k, dim, device, True, False, threads
+                )
                 centroids, n_split = _update(
                     sums, counts, centroids, split_rng, self.spherical, SPLIT_EPS
                 )
@@ -725,7 +744,9 @@ class KMeans:
         self.n_iter_ = it
 
         assigner.set_centroids(torch.from_numpy(centroids).to(device))
-        _, _, inertia, local_labels = _lloyd_pass(full, assigner, k, dim, device, False, True)
+        _, _, inertia, local_labels = _lloyd_pass(
+            full, assigner, k, dim, device, False, True, threads
+        )
         assert local_labels is not None
         labels = cfdist.all_gather_cat(torch.from_numpy(local_labels).to(device))
         self.labels_ = labels.cpu().numpy().astype(np.int64, copy=False)
@@ -776,7 +797,7 @@ class KMeans:
             raise DataError(
                 f"X has {rows.d} features but the model was fitted on {self.n_features_in_}"
             )
-        src = _Source.of_rows(rows, 0, rows.n, int(self.chunk_size), self.device_)
+        src = _Source.of_rows(rows, 0, rows.n, self._chunk_rows(rows.d), self.device_)
         assigner = self._make_assigner()
         assigner.set_centroids(torch.from_numpy(self.cluster_centers_).to(self.device_))
         out = np.empty(rows.n, dtype=np.int64)
@@ -803,20 +824,13 @@ def _validate(src: _Source, start: int, spherical: bool, device: torch.device) -
     n_bad = torch.zeros(2, dtype=torch.float64, device=device)
     first = torch.full((2, 5), -1, dtype=torch.int64, device=device)
     for a, x in src.raw_chunks():
-        xs: Any = x.numpy() if x.device.type == "cpu" else x
-        lib: Any = np if x.device.type == "cpu" else torch
-        checks = [~lib.isfinite(xs).all(1)]
-        if spherical:
-            checks.append((xs == 0).all(1))
-        for j, bad in enumerate(checks):
-            cnt = int(bad.sum())
-            if cnt:
+        for j, bad in enumerate(_bad_rows(x, spherical)):
+            if len(bad):
                 have = int((first[j] >= 0).sum())
                 if have < 5:
-                    where = np.nonzero(bad)[0] if lib is np else torch.nonzero(bad)[:, 0]
-                    ids = torch.as_tensor(where[: 5 - have]) + (start + a)
+                    ids = torch.as_tensor(bad[: 5 - have] + (start + a))
                     first[j, have : have + len(ids)] = ids.to(device)
-                n_bad[j] += cnt
+                n_bad[j] += len(bad)
     cfdist.all_reduce_sum(n_bad)
     firsts = cfdist.all_gather_cat(first.reshape(1, 10)).reshape(-1, 2, 5)
     problems = []
@@ -832,6 +846,32 @@ def _validate(src: _Source, start: int, spherical: bool, device: torch.device) -
             else "remove these rows (they have no direction) or use spherical=False"
         )
         raise DataError("X has " + "; ".join(problems) + f": {hint}")
+
+
+def _bad_rows(x: torch.Tensor, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Local indices of the rows of x with NaN / inf values, and (spherical) of all-zero rows.
+
+    One pass computes the squared row norms; only rows whose norm is non-finite (or zero) are
+    checked element by element (a huge finite row can overflow the norm, a tiny one underflow).
+    """
+    if x.device.type == "cpu":
+        xn = x.numpy()
+        sq = np.einsum("ij,ij->i", xn, xn)
+        cand = np.nonzero(~np.isfinite(sq))[0]
+        nonfinite = cand[~np.isfinite(xn[cand]).all(1)]
+        zero = np.zeros(0, dtype=np.int64)
+        if spherical:
+            cand = np.nonzero(sq == 0)[0]
+            zero = cand[(xn[cand] == 0).all(1)]
+        return nonfinite, zero
+    sq = (x * x).sum(1)
+    cand = torch.nonzero(~torch.isfinite(sq))[:, 0]
+    nonfinite = cand[~torch.isfinite(x[cand]).all(1)].cpu().numpy()
+    zero = np.zeros(0, dtype=np.int64)
+    if spherical:
+        cand = torch.nonzero(sq == 0)[:, 0]
+        zero = cand[(x[cand] == 0).all(1)].cpu().numpy()
+    return nonfinite, zero
 
 
 def _gather_global(
@@ -924,6 +964,7 @@ def _lloyd_pass(
     device: torch.device,
     accumulate: bool,
     keep_labels: bool,
+    threads: int = 1,
 ) -> tuple[np.ndarray | None, np.ndarray, float, np.ndarray | None]:
     """One assignment pass over ``src``: (sums K x dim float64, counts K float64, objective,
     local labels int64), all numpy, with sums, counts and objective summed over ranks.
@@ -941,7 +982,7 @@ def _lloyd_pass(
             lab, dist = assigner.assign(x)
             lab_np = lab.numpy()
             if sums_np is not None:
-                sums_np += _chunk_sums(lab_np, x.numpy(), k)
+                sums_np += _chunk_sums(lab_np, x.numpy(), k, threads)
             counts_np += np.bincount(lab_np, minlength=k)
             obj += float(dist.numpy().sum(dtype=np.float64))
             if labels is not None:
@@ -970,16 +1011,39 @@ def _lloyd_pass(
     return sums_out, stats_np[:k], float(stats_np[k]), labels
 
 
-def _chunk_sums(lab: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """Per-cluster sums of the rows of x (B x D float32) by label (B ints): K x D float32, as a
-    sparse one-hot (K x B) @ x product."""
+def _chunk_sums(lab: np.ndarray, x: np.ndarray, k: int, threads: int = 1) -> np.ndarray:
+    """Per-cluster sums of the rows of x (B x D float32) by label (B ints): K x D float32.
+
+    Each is a sparse (K x B, one 1 per column) @ x product, a single streaming pass over x that
+    releases the GIL; blocks of rows are summed on up to ``threads`` threads (bounded so that the
+    per-thread K x D buffers stay under ``_SUM_BUFFER_ELEMS`` floats).
+    """
+    b, d = x.shape
+    parts = min(threads, b // _SUM_MIN_ROWS, _SUM_BUFFER_ELEMS // max(k * d, 1))
+    if parts <= 1:
+        return _block_sums(lab, x, k)
+    edges = np.linspace(0, b, parts + 1).astype(np.int64)
+    with ThreadPoolExecutor(parts) as pool:
+        partial = list(
+            pool.map(
+                lambda i: _block_sums(lab[edges[i] : edges[i + 1]], x[edges[i] : edges[i + 1]], k),
+                range(parts),
+            )
+        )
+    out = partial[0]
+    for p in partial[1:]:
+        out += p
+    return out
+
+
+def _block_sums(lab: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
     import scipy.sparse
 
     b = len(lab)
     onehot = scipy.sparse.csr_matrix(
-        (np.ones(b, dtype=np.float32), (lab, np.arange(b))), shape=(k, b)
+        (np.ones(b, dtype=np.float32), lab, np.arange(b + 1)), shape=(b, k)
     )
-    return np.asarray(onehot @ x)
+    return np.asarray(onehot.T @ x)
 
 
 def _update(
