@@ -60,8 +60,8 @@ SPLIT_EPS = 1.0 / 1024.0
 _INITS = ("random", "k-means++")
 _BACKENDS = ("auto", "faiss", "torch")
 _GEMM_BLOCK_ELEMS = 1 << 25  # rows x K scores materialised at once by the torch assignment
-_TAKE_WINDOW_BYTES = 64 << 20  # span of a memmap mapped at once while gathering a subsample
-_CHUNK_BYTES = 64 << 20  # default chunk: rows of this many bytes (float32)
+_TAKE_WINDOW_BYTES = 32 << 20  # span of a memmap mapped at once while gathering a subsample
+_CHUNK_BYTES = 32 << 20  # default chunk: rows of this many bytes (float32)
 _SUM_BUFFER_ELEMS = 1 << 26  # at most this many floats of per-thread partial centroid sums
 _SUM_MIN_ROWS = 2048  # rows per thread, at least, when the centroid sums are split
 
@@ -494,8 +494,8 @@ class KMeans:
     subsample: train on a random subset of rows, held in memory: an int count or a float fraction
         in (0, 1]. ``None``: all rows.
     refine_iter: further Lloyd iterations over *all* rows after training, streamed in chunks.
-    chunk_size: rows read (from a memmap) and assigned at a time; default: about 64 MB of float32
-        rows (``2**24 // D``, at least 1024).
+    chunk_size: rows read (from a memmap) and assigned at a time; default: about 32 MB of float32
+        rows (``2**23 // D``, at least 1024).
     pca_dim: reduce to this many principal components first (fitted on the training rows);
         ``cluster_centers_`` then live in the PCA space and ``pca_`` holds the projection.
     whiten: scale the principal components to unit variance (needs ``pca_dim``).
