@@ -353,9 +353,9 @@ def _resolve(arch: str) -> Builder:
         )
     if arch not in _REGISTRY:
         close = difflib.get_close_matches(arch, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; did you mean {close}?" if close else ""
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
         raise ClusterFitError(
-            f"unknown architecture {arch!r}{hint} Known: {sorted(_REGISTRY)}, "
+            f"unknown architecture {arch!r}{hint}; known: {', '.join(sorted(_REGISTRY))}, "
             f"or 'timm:<name>' for a timm model"
         )
     return _REGISTRY[arch]
