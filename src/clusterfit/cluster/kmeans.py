@@ -40,7 +40,6 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,6 @@ _BACKENDS = ("auto", "faiss", "torch")
 _GEMM_BLOCK_ELEMS = 1 << 25  # rows x K scores materialised at once by the torch assignment
 _TAKE_WINDOW_BYTES = 32 << 20  # span of a memmap mapped at once while gathering a subsample
 _CHUNK_BYTES = 32 << 20  # default chunk: rows of this many bytes (float32)
-_SUM_BUFFER_ELEMS = 1 << 26  # at most this many floats of per-thread partial centroid sums
-_SUM_MIN_ROWS = 2048  # rows per thread, at least, when the centroid sums are split
 
 
 def _import_faiss() -> Any:
@@ -626,12 +623,6 @@ class KMeans:
             return int(self.chunk_size)
         return max(1024, _CHUNK_BYTES // (4 * d))
 
-    def _threads(self) -> int:
-        """CPU threads for the centroid sums: faiss's OpenMP count, or torch's."""
-        if self.backend_ == "faiss":
-            return int(_import_faiss().omp_get_max_threads())
-        return torch.get_num_threads()
-
     def _make_assigner(self) -> _TorchAssigner | _FaissAssigner:
         if self.backend_ == "faiss":
             return _FaissAssigner(self.spherical, self._faiss_gpu)
@@ -701,7 +692,6 @@ class KMeans:
         centroids = self._initial_centroids(train, train_start, n_train, dim, device)
         centroids = centroids.cpu().numpy().astype(np.float32)
         assigner = self._make_assigner()
-        threads = self._threads()
         split_rng = np.random.default_rng([self.seed, 2])
         self.history_: list[dict[str, Any]] = []
         self.n_reseeded_ = 0
@@ -718,9 +708,7 @@ class KMeans:
             for _ in range(count):
                 t0 = time.perf_counter()
                 assigner.set_centroids(torch.from_numpy(centroids).to(device))
-                sums, counts, obj, _ = _lloyd_pass(
-                    src, assigner, k, dim, device, True, False, threads
-                )
+                sums, counts, obj, _ = _lloyd_pass(src, assigner, k, dim, device, True, False)
                 centroids, n_split = _update(
                     sums, counts, centroids, split_rng, self.spherical, SPLIT_EPS
                 )
@@ -744,9 +732,7 @@ class KMeans:
         self.n_iter_ = it
 
         assigner.set_centroids(torch.from_numpy(centroids).to(device))
-        _, _, inertia, local_labels = _lloyd_pass(
-            full, assigner, k, dim, device, False, True, threads
-        )
+        _, _, inertia, local_labels = _lloyd_pass(full, assigner, k, dim, device, False, True)
         assert local_labels is not None
         labels = cfdist.all_gather_cat(torch.from_numpy(local_labels).to(device))
         self.labels_ = labels.cpu().numpy().astype(np.int64, copy=False)
@@ -964,7 +950,6 @@ def _lloyd_pass(
     device: torch.device,
     accumulate: bool,
     keep_labels: bool,
-    threads: int = 1,
 ) -> tuple[np.ndarray | None, np.ndarray, float, np.ndarray | None]:
     """One assignment pass over ``src``: (sums K x dim float64, counts K float64, objective,
     local labels int64), all numpy, with sums, counts and objective summed over ranks.
@@ -982,7 +967,7 @@ def _lloyd_pass(
             lab, dist = assigner.assign(x)
             lab_np = lab.numpy()
             if sums_np is not None:
-                sums_np += _chunk_sums(lab_np, x.numpy(), k, threads)
+                sums_np += _chunk_sums(lab_np, x.numpy(), k)
             counts_np += np.bincount(lab_np, minlength=k)
             obj += float(dist.numpy().sum(dtype=np.float64))
             if labels is not None:
@@ -1011,32 +996,13 @@ def _lloyd_pass(
     return sums_out, stats_np[:k], float(stats_np[k]), labels
 
 
-def _chunk_sums(lab: np.ndarray, x: np.ndarray, k: int, threads: int = 1) -> np.ndarray:
+def _chunk_sums(lab: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
     """Per-cluster sums of the rows of x (B x D float32) by label (B ints): K x D float32.
 
-    Each is a sparse (K x B, one 1 per column) @ x product, a single streaming pass over x that
-    releases the GIL; blocks of rows are summed on up to ``threads`` threads (bounded so that the
-    per-thread K x D buffers stay under ``_SUM_BUFFER_ELEMS`` floats).
+    A sparse (K x B, one 1 per column) @ x product: one streaming pass over x, single-threaded.
+    (Splitting it over a thread pool was slower next to faiss's BLAS / OpenMP threads: measured
+    1.35 s vs 1.15 s per fit of 100k x 128 into K=1000 on 16 cores, faiss.Kmeans 1.13 s.)
     """
-    b, d = x.shape
-    parts = min(threads, b // _SUM_MIN_ROWS, _SUM_BUFFER_ELEMS // max(k * d, 1))
-    if parts <= 1:
-        return _block_sums(lab, x, k)
-    edges = np.linspace(0, b, parts + 1).astype(np.int64)
-    with ThreadPoolExecutor(parts) as pool:
-        partial = list(
-            pool.map(
-                lambda i: _block_sums(lab[edges[i] : edges[i + 1]], x[edges[i] : edges[i + 1]], k),
-                range(parts),
-            )
-        )
-    out = partial[0]
-    for p in partial[1:]:
-        out += p
-    return out
-
-
-def _block_sums(lab: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
     import scipy.sparse
 
     b = len(lab)
