@@ -148,3 +148,42 @@ def test_stage_before_its_inputs_says_what_to_run(
 ) -> None:
     assert main(["cluster", *tiny(tmp_path)]) == 2
     assert "clusterfit extract" in capsys.readouterr().err
+
+
+def _write_multilabel_target(folder: Path) -> Path:
+    """A VOC07-style target from bundled images: labels 'top' (classes 0-4) and 'even' (even
+    classes), so items carry zero, one or two of them; a split column."""
+    from PIL import Image
+
+    from clusterfit.data import load_images
+
+    rows = ["path,labels,split"]
+    for split, limit in (("train", 80), ("test", 40)):
+        images = load_images("bundled", split, limit=limit, progress=False)
+        for i, (img, y) in enumerate(zip(images.images, images.labels, strict=True)):
+            name = f"{split}-{i}.png"
+            Image.fromarray(img[0].numpy()).save(folder / name)
+            tags = [t for t, on in (("top", y < 5), ("even", y % 2 == 0)) if on]
+            rows.append(f"{name},{';'.join(tags)},{split}")
+    path = folder / "targets.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_multilabel_svm_and_lowshot_probes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    csv_path = _write_multilabel_target(tmp_path)
+    target = (
+        f"probe.targets=[{{name: tags, source: {csv_path}, multilabel: true}},"
+        "{name: fm, source: bundled, limit: 100, test_limit: 50}]"
+    )
+    args = [*tiny(tmp_path), target, "probe.lowshot_shots=[1,4]", "probe.lowshot_draws=2"]
+    assert main(["run", *args]) == 0
+    out = capsys.readouterr().out
+    assert "SVM mAP (%) on tags" in out and "4-shot res5" in out
+    records = json.loads((tmp_path / "demo" / "probe" / "results.json").read_text())["records"]
+    svm = [r for r in records if r["target"] == "tags"]
+    assert {r["protocol"] for r in svm} == {"svm"} and all(0 <= r["value"] <= 100 for r in svm)
+    low = [r for r in records if r["protocol"] == "lowshot"]
+    assert sorted({r["shots"] for r in low}) == [1, 4]
+    assert {r["model"] for r in low} == {"random", "N_pre", "N_cf"}

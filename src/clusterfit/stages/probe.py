@@ -11,6 +11,7 @@ change that touches only N_cf reprobes only N_cf. Writes ``probe/results.json``.
 
 from __future__ import annotations
 
+import csv
 import functools
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from clusterfit.artifacts import Stage, fingerprint, read_json, write_json
 from clusterfit.config import TargetConfig
 from clusterfit.data import ImageSet, load_images
 from clusterfit.errors import DataError
-from clusterfit.evaluate import knn_accuracy, linear_probe, pool_to_dims
+from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.models import Net, build_from_args, load_model
 from clusterfit.stages import baselines, cluster, fit, pretrain
 from clusterfit.stages.context import Context, finish, start
@@ -89,31 +90,48 @@ def _load_net(ctx: Context, name: str) -> Net:
     return build_from_args(net.model_args)
 
 
-def load_target(t: TargetConfig, seed: int, progress: bool) -> tuple[ImageSet, ImageSet]:
-    """A target's labelled train and test splits."""
-    train = load_images(
-        t.source,
-        t.train_split,
-        image_size=t.image_size,
-        limit=t.limit,
-        seed=seed,
-        progress=progress,
-    )
-    test = load_images(
-        t.source,
-        t.test_split,
-        image_size=t.image_size,
-        limit=t.test_limit,
-        seed=seed,
-        progress=progress,
-    )
-    for split, images in (("train", train), ("test", test)):
-        if not images.has_labels or (images.labels < 0).any():
+def load_target(
+    t: TargetConfig, seed: int, progress: bool
+) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]:
+    """A target's train images and labels, then its test images and labels. Labels are class
+    indices (N), or for a multi-label target an N x C 0/1 matrix from the CSV's ``labels``."""
+    out: list[Any] = []
+    for split, limit in ((t.train_split, t.limit), (t.test_split, t.test_limit)):
+        images = load_images(
+            t.source, split, image_size=t.image_size, limit=limit, seed=seed, progress=progress
+        )
+        if t.multilabel:
+            labels = read_multilabels(Path(t.source), split)
+        elif not images.has_labels or (images.labels < 0).any():
             raise DataError(
                 f"probe target '{t.name}': its {split} split ({images.source}) needs a label for "
                 "every image (one sub-folder per class, or a CSV label column)"
             )
-    return train, test
+        else:
+            labels = images.labels
+        out += [images, labels]
+    if t.multilabel and out[1].shape[1] != out[3].shape[1]:
+        raise DataError(f"probe target '{t.name}': train and test name different classes")
+    return out[0], out[1], out[2], out[3]
+
+
+def read_multilabels(csv_path: Path, split: str | None) -> np.ndarray:
+    """N x C int matrix (1 = the item has the class) from a CSV file list's ``labels`` column,
+    classes separated by ';' and sorted by name over the whole file; rows in file order."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "labels" not in rows[0]:
+        raise DataError(f"{csv_path}: a multi-label target needs a 'labels' column ('a;b;c')")
+    names = sorted({c for r in rows for c in (r["labels"] or "").split(";") if c})
+    if split is not None and "split" in rows[0]:
+        rows = [r for r in rows if r["split"] == split]
+    index = {c: i for i, c in enumerate(names)}
+    out = np.zeros((len(rows), len(names)), dtype=np.int64)
+    for i, r in enumerate(rows):
+        for c in (r["labels"] or "").split(";"):
+            if c:
+                out[i, index[c]] = 1
+    return out
 
 
 def _n_clusters(ctx: Context) -> int:
@@ -140,11 +158,23 @@ def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
 
 
 def probe_cell(
-    ctx: Context, net: Net, model: str, target: TargetConfig, train: ImageSet, test: ImageSet
+    ctx: Context,
+    net: Net,
+    model: str,
+    target: TargetConfig,
+    train: ImageSet,
+    train_y: np.ndarray,
+    test: ImageSet,
+    test_y: np.ndarray,
 ) -> list[dict[str, Any]]:
     """All probes of one network on one target: a linear probe per layer, and kNN on ``pool``."""
     pc = ctx.cfg.probe
-    layers = list(dict.fromkeys([*pc.layers, "pool"] if pc.knn else pc.layers))
+    wanted = [
+        *pc.layers,
+        *(["pool"] if pc.knn else []),
+        *(pc.lowshot_layers if pc.lowshot_shots else []),
+    ]
+    layers = list(dict.fromkeys(wanted))
     pool = functools.partial(pool_to_dims, max_dims=pc.max_dims)
     common = {"batch_size": pc.batch_size, "device": ctx.device, "progress": ctx.progress}
     feats_train = compute_features(net, train, layers, pool=pool, desc=f"{model} train", **common)
@@ -152,12 +182,37 @@ def probe_cell(
     assert feats_train is not None and feats_test is not None
     base = {"model": model, "target": target.name, **_context_fields(ctx, model)}
     records = []
+
+    def record(layer: str, protocol: str, metric: str, value: float, **extra: Any) -> None:
+        records.append(
+            {
+                **base,
+                "layer": layer,
+                "protocol": protocol,
+                "metric": metric,
+                "value": float(value),
+                "extra": extra,
+            }
+        )
+
+    if target.multilabel:
+        for layer in pc.layers:
+            res = svm_map(
+                feats_train[layer],
+                train_y,
+                feats_test[layer],
+                test_y,
+                seed=ctx.cfg.seed,
+                progress=False,
+            )
+            record(layer, "svm", "mAP", res["mAP"], dims=int(feats_train[layer].shape[1]))
+        return records
     for layer in pc.layers:
         res = linear_probe(
             feats_train[layer],
-            train.labels,
+            train_y,
             feats_test[layer],
-            test.labels,
+            test_y,
             lrs=tuple(pc.lrs),
             n_updates=pc.n_updates,
             batch_size=pc.batch_size,
@@ -168,30 +223,24 @@ def probe_cell(
         extra = {k: v for k, v in res.items() if k not in ("top1", "top5")}
         extra["dims"] = int(feats_train[layer].shape[1])
         for metric in ("top1", "top5"):
-            records.append(
-                {
-                    **base,
-                    "layer": layer,
-                    "protocol": "linear",
-                    "metric": metric,
-                    "value": float(res[metric]),
-                    "extra": extra,
-                }
-            )
+            record(layer, "linear", metric, res[metric], **extra)
     if pc.knn:
-        res = knn_accuracy(
-            _l2(feats_train["pool"]), train.labels, _l2(feats_test["pool"]), test.labels
+        res = knn_accuracy(_l2(feats_train["pool"]), train_y, _l2(feats_test["pool"]), test_y)
+        record("pool", "knn", "top1", res["top1"], k=20)
+    for layer in pc.lowshot_layers if pc.lowshot_shots else []:
+        res = lowshot_eval(
+            feats_train[layer],
+            train_y,
+            feats_test[layer],
+            test_y,
+            shots=tuple(pc.lowshot_shots),
+            n_draws=pc.lowshot_draws,
+            seed=ctx.cfg.seed,
+            progress=False,
         )
-        records.append(
-            {
-                **base,
-                "layer": "pool",
-                "protocol": "knn",
-                "metric": "top1",
-                "value": float(res["top1"]),
-                "extra": {"k": 20},
-            }
-        )
+        for row in res["results"]:
+            record(layer, "lowshot", "top1", row["mean"], std=row["std"], draws=row["top1"])
+            records[-1]["shots"] = int(row["shots"])
     return records
 
 
@@ -207,14 +256,14 @@ def run(ctx: Context) -> dict[str, Any]:
         return st.meta() or {}
     for model in _models(ctx):
         _checkpoint(ctx, model)
-    targets = [(t, *load_target(t, cfg.seed, ctx.progress)) for t in cfg.probe.targets]
+    targets = [(t, load_target(t, cfg.seed, ctx.progress)) for t in cfg.probe.targets]
     start(st)
     cells = ctx.run_dir / CELLS
     settings = _probe_settings(ctx)
     records: list[dict[str, Any]] = []
     for model, model_fp in _models(ctx).items():
         net = None
-        for target, train, test in targets:
+        for target, (train, train_y, test, test_y) in targets:
             key = fingerprint({"model": model_fp, "target": asdict(target), "probe": settings})
             path = cells / f"{model}-{target.name}-{key[:16]}.json"
             if path.is_file():
@@ -223,7 +272,7 @@ def run(ctx: Context) -> dict[str, Any]:
             if net is None:
                 net = _load_net(ctx, model)
             ctx.say(f"{st.name}: {model} on {target.name} ({len(train)} train / {len(test)} test)")
-            cell = probe_cell(ctx, net, model, target, train, test)
+            cell = probe_cell(ctx, net, model, target, train, train_y, test, test_y)
             write_json(path, cell)
             records.extend(cell)
     write_json(st.dir / "results.json", {"run": cfg.name, "records": records})
@@ -231,35 +280,41 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def table_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Linear top-1 as rows ``{target, layer, <model>: value, ...}`` (what the CLI prints)."""
+    """Per target and layer, ``{target, layer, <model>: value}``: linear-probe top-1, or the SVM
+    mAP of a multi-label target (what the CLI prints)."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in records:
-        if r["protocol"] != "linear" or r["metric"] != "top1":
+        if (r["protocol"], r["metric"]) not in (("linear", "top1"), ("svm", "mAP")):
             continue
-        row = rows.setdefault(
-            (r["target"], r["layer"]), {"target": r["target"], "layer": r["layer"]}
-        )
+        key = (r["target"], r["layer"])
+        row = rows.setdefault(key, {"target": r["target"], "layer": r["layer"]})
         row[r["model"]] = round(r["value"], 2)
     return list(rows.values())
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    """The N_pre / N_cf table: linear-probe top-1 (%) per target and layer, kNN below."""
+    """The N_pre / N_cf table: per target and layer the linear-probe top-1 (%) (SVM mAP for a
+    multi-label target), then kNN and low-shot rows when present."""
     models = [m for m in MODEL_ORDER if any(r["model"] == m for r in records)]
     models += sorted({r["model"] for r in records} - set(models))
+
+    def line(label: str, values: dict[str, float]) -> str:
+        cells = "".join(f"{values[m]:>10.2f}" if m in values else f"{'-':>10}" for m in models)
+        return f"  {label:<12}{cells}"
+
     lines = []
     for target in dict.fromkeys(r["target"] for r in records):
-        lines.append(f"linear probe top-1 (%) on {target} (test split)")
-        lines.append("  " + f"{'layer':<8}" + "".join(f"{m:>10}" for m in models))
-        for row in table_rows([r for r in records if r["target"] == target]):
-            cells = "".join(f"{row[m]:>10.2f}" if m in row else f"{'-':>10}" for m in models)
-            lines.append(f"  {row['layer']:<8}{cells}")
-        knn = {
-            r["model"]: r["value"]
-            for r in records
-            if r["target"] == target and r["protocol"] == "knn"
-        }
-        if knn:
-            cells = "".join(f"{knn[m]:>10.2f}" if m in knn else f"{'-':>10}" for m in models)
-            lines.append(f"  {'kNN pool':<8}{cells}")
+        mine = [r for r in records if r["target"] == target]
+        what = "SVM mAP" if any(r["protocol"] == "svm" for r in mine) else "linear probe top-1"
+        lines.append(f"{what} (%) on {target} (test split)")
+        lines.append("  " + f"{'layer':<12}" + "".join(f"{m:>10}" for m in models))
+        for row in table_rows(mine):
+            lines.append(line(row["layer"], row))
+        extra: dict[str, dict[str, float]] = {}
+        for r in mine:
+            if r["protocol"] == "knn":
+                extra.setdefault("kNN pool", {})[r["model"]] = r["value"]
+            elif r["protocol"] == "lowshot":
+                extra.setdefault(f"{r['shots']}-shot {r['layer']}", {})[r["model"]] = r["value"]
+        lines.extend(line(label, values) for label, values in extra.items())
     return "\n".join(lines)
