@@ -18,6 +18,13 @@ One Lloyd algorithm, two assignment backends:
   (:func:`clusterfit.distributed.shard`); centroid sums, counts and the objective are all-reduced,
   so every rank ends with the centroids of a single-process run on the same data and seed.
 
+Both backends share everything else. Under torch.distributed every rank passes the same full X
+and works on its shard of the rows (the faiss backend there needs a CPU/gloo process group).
+Reading: a whole ``.npy`` memmap (as ``np.load(path, mmap_mode="r")`` returns) is read chunk by
+chunk with ``pread`` into fresh buffers, so the file's pages never count in the resident set;
+other memmaps (views) are read through the mapping and their pages released after each chunk.
+``benchmarks/kmeans.py`` times the faiss backend against ``faiss.Kmeans`` and scikit-learn.
+
 Centroid sums are accumulated per chunk in float32 and across chunks (and ranks) in float64.
 Empty clusters are re-seeded faiss-style: the centroid of a cluster chosen with probability
 proportional to its size (minus one) is copied, and the two copies are pushed apart by a relative
