@@ -187,3 +187,44 @@ def test_multilabel_svm_and_lowshot_probes(tmp_path: Path, capsys: pytest.Captur
     low = [r for r in records if r["protocol"] == "lowshot"]
     assert sorted({r["shots"] for r in low}) == [1, 4]
     assert {r["model"] for r in low} == {"random", "N_pre", "N_cf"}
+
+
+class TinyBackbone(torch.nn.Module):
+    """A user's own network: images -> a feature map (B x 16 x H/2 x W/2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU())
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.stem(x))
+
+
+@pytest.mark.slow
+def test_any_nn_module_as_n_pre(tmp_path: Path) -> None:
+    from clusterfit.models import from_module
+
+    torch.manual_seed(0)
+    user_net = from_module(TinyBackbone(), {"res4": "stem", "res5": "body"}, in_chans=1)
+    cfg = load_config(overrides=tiny(tmp_path))
+    metas = run_pipeline(cfg, n_pre=user_net, module_factory=TinyBackbone)
+    assert metas["pretrain"]["summary"] == {"objective": "module", "trained": False}
+    run_dir = tmp_path / "demo"
+    feats = np.load(run_dir / "features" / "pool.npy")
+    assert feats.shape == (160, 16)
+    from clusterfit.models import load_model
+
+    ncf = load_model(run_dir / "fit" / "checkpoint.pt", module_factory=TinyBackbone)
+    assert ncf.head_sizes == [8] and ncf.feature_dim == 16
+    records = json.loads((run_dir / "probe" / "results.json").read_text())["records"]
+    assert {r["model"] for r in records} == {"random", "N_pre", "N_cf"}
+    # the same module again is up to date; other weights are another N_pre
+    again = run_pipeline(cfg, n_pre=user_net, module_factory=TinyBackbone)
+    assert again["pretrain"]["fingerprint"] == metas["pretrain"]["fingerprint"]
+    torch.manual_seed(1)
+    other = from_module(TinyBackbone(), {"res4": "stem", "res5": "body"}, in_chans=1)
+    changed = run_pipeline(cfg, only="pretrain", n_pre=other, module_factory=TinyBackbone)
+    assert changed["pretrain"]["fingerprint"] != metas["pretrain"]["fingerprint"]

@@ -77,7 +77,8 @@ class PretrainConfig:
 
     ``objective``: ``supervised`` (with ``label_noise`` p, paper §3.2), ``weak`` (labels from
     ``weak_labels``), ``rotnet``, ``jigsaw`` (paper §4.2), ``pretrained`` (the weights that
-    ``arch`` ships with, nothing trained) or ``checkpoint`` (a checkpoint file, nothing trained).
+    ``arch`` ships with, nothing trained), ``checkpoint`` (a checkpoint file, nothing trained) or
+    ``module`` (the network passed to ``run_pipeline(cfg, n_pre=...)`` from Python).
     """
 
     objective: str = "supervised"
@@ -199,7 +200,15 @@ class RunConfig:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "pretrain.objective": ("supervised", "weak", "rotnet", "jigsaw", "pretrained", "checkpoint"),
+    "pretrain.objective": (
+        "supervised",
+        "weak",
+        "rotnet",
+        "jigsaw",
+        "pretrained",
+        "checkpoint",
+        "module",
+    ),
     "pretrain.weak_mode": ("sample", "multilabel"),
     "pretrain.train.schedule": ("cosine", "step"),
     "fit.train.schedule": ("cosine", "step"),
@@ -296,7 +305,7 @@ def validate(cfg: RunConfig) -> None:
             "not a distribution over classes, so there is nothing to distil (paper App. D); "
             "set baselines.distill=false"
         )
-    if cfg.baselines.distill and cfg.pretrain.objective in ("pretrained", "checkpoint"):
+    if cfg.baselines.distill and cfg.pretrain.objective in ("pretrained", "checkpoint", "module"):
         raise ConfigError(
             "baselines.distill needs an N_pre trained here on labels (objective supervised or "
             "weak), whose labels the student also learns from"

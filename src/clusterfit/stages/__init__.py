@@ -7,10 +7,14 @@ stage's meta). In a K sweep (``sweep_k``) cluster, fit and probe run once per K.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from clusterfit.config import RunConfig
+from clusterfit.models import Net, from_module
 from clusterfit.stages import baselines, cluster, extract, fit, pretrain, probe
 from clusterfit.stages.context import Context
 
@@ -25,9 +29,28 @@ STAGES: dict[str, Callable[[Context], Any]] = {
 PER_K = ("cluster", "fit", "probe")
 
 
-def run_pipeline(cfg: RunConfig, only: str | None = None) -> dict[str, Any]:
-    """Run every stage in order (or ``only`` one); returns each stage's meta by folder name."""
-    ctx = Context.create(cfg)
+def run_pipeline(
+    cfg: RunConfig,
+    only: str | None = None,
+    *,
+    n_pre: nn.Module | None = None,
+    module_factory: Callable[[], nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Run every stage in order (or ``only`` one); returns each stage's meta by folder name.
+
+    ``n_pre``: use this network as N_pre (any ``nn.Module`` mapping images to a feature map or a
+    vector; wrapped by :func:`clusterfit.models.from_module` unless it is a ``Net``), instead of
+    making one; ``pretrain.objective`` becomes ``module``. ``module_factory`` (a callable
+    returning a fresh, untrained instance of the module) lets N_cf and the random baseline have
+    the same architecture; without it set ``fit.arch``.
+    """
+    if n_pre is not None:
+        if not isinstance(n_pre, Net):
+            n_pre = from_module(n_pre)
+        cfg = dataclasses.replace(
+            cfg, pretrain=dataclasses.replace(cfg.pretrain, objective="module")
+        )
+    ctx = Context.create(cfg, n_pre=n_pre, module_factory=module_factory)
     ctx.data()  # loaded once, shared by every K of a sweep
     variants = [ctx.with_k(k) for k in cfg.sweep_k] if cfg.sweep_k else [ctx]
     metas: dict[str, Any] = {}

@@ -20,7 +20,6 @@ import torch
 
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
-from clusterfit.models import load_model
 from clusterfit.stages import pretrain
 from clusterfit.stages.context import Context
 from clusterfit.train.distill import distillation_loss
@@ -82,7 +81,7 @@ def run(ctx: Context) -> dict[str, Any]:
             continue
         teacher_stage = pretrain.stage(ctx)
         teacher_stage.require("pretrain")
-        teacher = load_model(teacher_stage.dir / CHECKPOINT)
+        teacher = ctx.load_model(teacher_stage.dir / CHECKPOINT)
         loss = functools.partial(
             _distill_loss,
             temperature=ctx.cfg.baselines.temperature,

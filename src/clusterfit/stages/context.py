@@ -6,16 +6,19 @@ Stages receive a :class:`Context` and read the config from it; nothing reads a g
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from clusterfit import distributed as dist
 from clusterfit.artifacts import Stage
 from clusterfit.config import PretrainConfig, RunConfig
 from clusterfit.data import ImageSet, load_images
 from clusterfit.errors import ConfigError
+from clusterfit.models import Net, load_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,16 +48,27 @@ class Context:
     cfg: RunConfig
     device: torch.device
     variant: str = ""
+    n_pre: Net | None = None
+    module_factory: Callable[[], nn.Module] | None = None
     _data: ImageSet | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, cfg: RunConfig) -> Context:
-        return cls(cfg=cfg, device=resolve_device(cfg.device))
+    def create(
+        cls,
+        cfg: RunConfig,
+        n_pre: Net | None = None,
+        module_factory: Callable[[], nn.Module] | None = None,
+    ) -> Context:
+        return cls(cfg, resolve_device(cfg.device), n_pre=n_pre, module_factory=module_factory)
 
     def with_k(self, k: int) -> Context:
         """The context of one K of a sweep, sharing the loaded data."""
         cfg = dataclasses.replace(self.cfg, cluster=dataclasses.replace(self.cfg.cluster, k=k))
-        return Context(cfg=cfg, device=self.device, variant=f"k{k}", _data=self._data)
+        return dataclasses.replace(self, cfg=cfg, variant=f"k{k}")
+
+    def load_model(self, path: Path) -> Net:
+        """A network saved by a stage (a wrapped user module is rebuilt by ``module_factory``)."""
+        return load_model(path, module_factory=self.module_factory)
 
     def folder(self, name: str) -> str:
         """The folder name of a K-dependent stage: ``name`` or ``name-<variant>``."""

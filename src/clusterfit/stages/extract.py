@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from clusterfit import distributed as dist
 from clusterfit.artifacts import Stage
 from clusterfit.data import ImageSet, to_float
-from clusterfit.models import Net, load_model
+from clusterfit.models import Net
 from clusterfit.stages import pretrain
 from clusterfit.stages.context import Context, finish, start
 from clusterfit.train.engine import CHECKPOINT
@@ -115,7 +115,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         return st.meta() or {}
     pre = pretrain.stage(ctx, task)
     pre.require("pretrain")
-    net = load_model(pre.dir / CHECKPOINT)
+    net = ctx.load_model(pre.dir / CHECKPOINT)
     layer, data = cfg.extract.layer, ctx.data()
     probe_x = to_float(data.images[:2]).to(ctx.device)
     with torch.no_grad():

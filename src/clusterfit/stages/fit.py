@@ -12,9 +12,13 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import torch
 
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
+from clusterfit.data import channel_stats
+from clusterfit.models import Net, build_from_args
+from clusterfit.models.registry import MODULE_ARCH
 from clusterfit.stages import cluster
 from clusterfit.stages.context import Context, finish, start
 from clusterfit.stages.pretrain import log_summary, new_network
@@ -25,9 +29,25 @@ NAME = "fit"
 
 def _arch(ctx: Context) -> tuple[str, dict[str, Any]]:
     f, p = ctx.cfg.fit, ctx.cfg.pretrain
+    if f.arch is None and p.objective == "module" and ctx.n_pre is not None:
+        return MODULE_ARCH, dict(ctx.n_pre.model_args["arch_kwargs"])
     if f.arch is None:
         return p.arch, dict(p.arch_kwargs if f.arch_kwargs is None else f.arch_kwargs)
     return f.arch, dict(f.arch_kwargs or {})
+
+
+def _new_ncf(ctx: Context, heads: list[int]) -> Net:
+    """N_cf, freshly initialised: N_pre's architecture (a user module is rebuilt by the
+    ``module_factory`` given to ``run_pipeline``) or ``fit.arch``."""
+    arch, kwargs = _arch(ctx)
+    data = ctx.data()
+    if arch != MODULE_ARCH:
+        return new_network(arch, kwargs, heads, data, ctx.cfg.seed + 1)
+    assert ctx.n_pre is not None
+    mean, std = channel_stats(data.images)
+    args = {**ctx.n_pre.model_args, "head_sizes": heads, "patches": 1, "mean": mean, "std": std}
+    torch.manual_seed(ctx.cfg.seed + 1)
+    return build_from_args(args, ctx.module_factory)
 
 
 def stage(ctx: Context) -> Stage:
@@ -64,8 +84,8 @@ def run(ctx: Context) -> dict[str, Any]:
         targets.append(np.load(clusters.dir / "assignments.npy"))
         heads.append(int(np.load(clusters.dir / "centroids.npy", mmap_mode="r").shape[0]))
     data = ctx.data()
-    arch, kwargs = _arch(ctx)
-    net = new_network(arch, kwargs, heads, data, cfg.seed + 1)
+    arch, _ = _arch(ctx)
+    net = _new_ncf(ctx, heads)
     train_cfg = resolved_fit_train(cfg)
     resuming = start(st)
     ctx.say(

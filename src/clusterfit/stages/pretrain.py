@@ -8,16 +8,19 @@ Multi-task ClusterFit (App. E) adds more N_pre: ``pretrain-2/``, ``pretrain-3/``
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from clusterfit.artifacts import Stage
 from clusterfit.config import PretrainConfig, TrainConfig
 from clusterfit.data import ImageSet, channel_stats
 from clusterfit.errors import ClusterFitError
-from clusterfit.models import Net, create_model, load_model, save_checkpoint
+from clusterfit.models import Net, create_model, save_checkpoint
 from clusterfit.pretext import Objective, get_objective
 from clusterfit.stages.context import Context, finish, start
 from clusterfit.train.engine import CHECKPOINT, Trainer
@@ -36,9 +39,43 @@ def model_name(task: int) -> str:
 
 
 def stage(ctx: Context, task: int = 0) -> Stage:
-    """The folder and fingerprint of the ``task``-th N_pre (its recipe, the seed and the data)."""
-    config = {"pretrain": asdict(ctx.pretrain_configs[task]), "seed": ctx.cfg.seed}
+    """The folder and fingerprint of the ``task``-th N_pre (its recipe, the seed and the data;
+    for a given network, a digest of its weights or of its checkpoint file)."""
+    p = ctx.pretrain_configs[task]
+    config: dict[str, Any] = {"pretrain": asdict(p), "seed": ctx.cfg.seed}
+    if p.objective == "module":
+        if ctx.n_pre is None or task != 0:
+            raise ClusterFitError(
+                "pretrain.objective=module means N_pre is the network passed to "
+                "run_pipeline(cfg, n_pre=...) from Python; none was passed"
+            )
+        config["module"] = {
+            "model_args": ctx.n_pre.model_args,
+            "weights": weights_digest(ctx.n_pre),
+        }
+    elif p.objective == "checkpoint":
+        config["checkpoint_sha256"] = file_digest(Path(p.checkpoint or ""))
     return Stage(ctx.run_dir, folder(task), config, {"data": ctx.data().fingerprint})
+
+
+def weights_digest(net: nn.Module) -> str:
+    """sha256 of a network's parameters and buffers, in state_dict order."""
+    h = hashlib.sha256()
+    for key, value in net.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (a missing file is an error naming it)."""
+    if not path.is_file():
+        raise ClusterFitError(f"pretrain.checkpoint: no such file: {path}")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def objective_for(p: PretrainConfig, num_classes: int | None, n_items: int) -> Objective:
@@ -141,14 +178,18 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     if st.is_complete():
         ctx.say(f"{name}: up to date, skipped ({st.dir})")
         return st.meta() or {}
-    if p.objective in ("pretrained", "checkpoint"):
+    if p.objective in ("pretrained", "checkpoint", "module"):
         if p.objective == "pretrained":
             net = create_model(p.arch, [], pretrained=True, **p.arch_kwargs)
+        elif p.objective == "checkpoint":
+            net = ctx.load_model(Path(p.checkpoint or ""))
         else:
-            net = load_model(p.checkpoint)
+            assert ctx.n_pre is not None
+            net = ctx.n_pre
         start(st)
         save_checkpoint(st.dir / CHECKPOINT, net, config=asdict(ctx.cfg))
-        ctx.say(f"{name}: N_pre = {p.objective} {p.checkpoint or p.arch}, nothing to train")
+        what = {"pretrained": p.arch, "checkpoint": p.checkpoint, "module": net.arch}[p.objective]
+        ctx.say(f"{name}: N_pre = {p.objective} {what}, nothing to train")
         return finish(st, {"objective": p.objective, "trained": False})
     return train_objective(ctx, st, p, p.train, desc=name)
 

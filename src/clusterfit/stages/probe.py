@@ -25,7 +25,7 @@ from clusterfit.config import TargetConfig
 from clusterfit.data import ImageSet, load_images
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
-from clusterfit.models import Net, build_from_args, load_model
+from clusterfit.models import Net, build_from_args
 from clusterfit.stages import baselines, cluster, fit, pretrain
 from clusterfit.stages.context import Context, finish, start
 from clusterfit.stages.extract import compute_features
@@ -83,11 +83,11 @@ def _checkpoint(ctx: Context, name: str) -> Path:
 
 
 def _load_net(ctx: Context, name: str) -> Net:
-    net = load_model(_checkpoint(ctx, name))
+    net = ctx.load_model(_checkpoint(ctx, name))
     if name != "random":
         return net
     torch.manual_seed(ctx.cfg.seed + 2)
-    return build_from_args(net.model_args)
+    return build_from_args(net.model_args, ctx.module_factory)
 
 
 def load_target(
