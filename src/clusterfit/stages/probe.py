@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,7 @@ def probe_cell(
             record(layer, "svm", "mAP", res["mAP"], dims=int(feats_train[layer].shape[1]))
         return records
     for layer in pc.layers:
+        started = time.perf_counter()
         res = linear_probe(
             feats_train[layer],
             train_y,
@@ -222,6 +224,7 @@ def probe_cell(
         )
         extra = {k: v for k, v in res.items() if k not in ("top1", "top5")}
         extra["dims"] = int(feats_train[layer].shape[1])
+        extra["seconds"] = round(time.perf_counter() - started, 2)
         for metric in ("top1", "top5"):
             record(layer, "linear", metric, res[metric], **extra)
     if pc.knn:
