@@ -21,7 +21,7 @@ import torch
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
 from clusterfit.stages import pretrain
-from clusterfit.stages.context import Context
+from clusterfit.stages.context import Context, up_to_date
 from clusterfit.train.distill import distillation_loss
 from clusterfit.train.engine import CHECKPOINT
 
@@ -71,9 +71,8 @@ def run(ctx: Context) -> dict[str, Any]:
     p = ctx.cfg.pretrain
     for key in enabled(ctx):
         st = stage(ctx, key)
-        if st.is_complete():
-            ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
-            metas[key] = st.meta() or {}
+        if (meta := up_to_date(ctx, st)) is not None:
+            metas[key] = meta
             continue
         if key == "pre2x":
             recipe = dataclasses.replace(p.train, epochs=_pre2x_epochs(ctx))

@@ -18,7 +18,7 @@ from clusterfit.artifacts import Stage, save_npy, write_json
 from clusterfit.cluster import KMeans, cluster_stats, per_label_kmeans, prototype_clusters
 from clusterfit.errors import ClusterFitError
 from clusterfit.stages import extract
-from clusterfit.stages.context import Context, finish, start
+from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 
 NAME = "clusters"
 
@@ -37,16 +37,14 @@ def stage(ctx: Context, task: int = 0) -> Stage:
 
 def run(ctx: Context) -> dict[str, Any]:
     """Cluster the features of every N_pre; returns the (first) clustering's meta."""
-    metas = [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))]
-    return metas[0]
+    return each_task(ctx, run_task)
 
 
 def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     """Cluster the ``task``-th N_pre's features (or skip: done already)."""
     cfg, st = ctx.cfg, stage(ctx, task)
-    if st.is_complete():
-        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
-        return st.meta() or {}
+    if (meta := up_to_date(ctx, st)) is not None:
+        return meta
     feats = extract.stage(ctx, task)
     feats.require("extract")
     X = np.load(extract.features_path(feats, cfg.extract.layer), mmap_mode="r")

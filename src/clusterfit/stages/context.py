@@ -107,6 +107,20 @@ class Context:
             print(message, flush=True)
 
 
+def up_to_date(ctx: Context, stage: Stage) -> dict | None:
+    """``stage``'s meta when it is complete for this config (saying so), else None."""
+    if not stage.is_complete():
+        return None
+    ctx.say(f"{stage.name}: up to date, skipped ({stage.dir})")
+    return stage.meta() or {}
+
+
+def each_task(ctx: Context, run_task: Callable[[Context, int], dict]) -> dict:
+    """Run a per-N_pre stage for every N_pre of the run; returns the first N_pre's meta."""
+    metas = [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))]
+    return metas[0]
+
+
 def start(stage: Stage) -> bool:
     """Prepare ``stage``'s folder on the main process (all ranks wait); True when resuming."""
     resuming = stage.is_resumable()

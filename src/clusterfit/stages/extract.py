@@ -24,7 +24,7 @@ from clusterfit.artifacts import Stage
 from clusterfit.data import ImageSet, to_float
 from clusterfit.models import Net
 from clusterfit.stages import pretrain
-from clusterfit.stages.context import Context, finish, start
+from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 from clusterfit.train.engine import CHECKPOINT
 
 NAME = "features"
@@ -103,16 +103,14 @@ def features_path(st: Stage, layer: str) -> Path:
 
 def run(ctx: Context) -> dict[str, Any]:
     """Extract the features of every N_pre; returns the (first) N_pre's extract meta."""
-    metas = [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))]
-    return metas[0]
+    return each_task(ctx, run_task)
 
 
 def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     """Extract the ``task``-th N_pre's features of D_cf (or skip: done already)."""
     cfg, st = ctx.cfg, stage(ctx, task)
-    if st.is_complete():
-        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
-        return st.meta() or {}
+    if (meta := up_to_date(ctx, st)) is not None:
+        return meta
     pre = pretrain.stage(ctx, task)
     pre.require("pretrain")
     net = ctx.load_model(pre.dir / CHECKPOINT)

@@ -20,7 +20,7 @@ from clusterfit.data import channel_stats
 from clusterfit.models import Net, build_from_args
 from clusterfit.models.registry import MODULE_ARCH
 from clusterfit.stages import cluster
-from clusterfit.stages.context import Context, finish, start
+from clusterfit.stages.context import Context, finish, start, up_to_date
 from clusterfit.stages.pretrain import log_summary, new_network
 from clusterfit.train.engine import Trainer
 
@@ -74,9 +74,8 @@ def run(ctx: Context) -> dict[str, Any]:
     cross-entropy losses of the heads are summed.
     """
     cfg, st = ctx.cfg, stage(ctx)
-    if st.is_complete():
-        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
-        return st.meta() or {}
+    if (meta := up_to_date(ctx, st)) is not None:
+        return meta
     targets, heads = [], []
     for task in range(len(ctx.pretrain_configs)):
         clusters = cluster.stage(ctx, task)

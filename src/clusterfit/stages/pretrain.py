@@ -22,7 +22,7 @@ from clusterfit.data import ImageSet, channel_stats
 from clusterfit.errors import ClusterFitError
 from clusterfit.models import Net, create_model, save_checkpoint
 from clusterfit.pretext import Objective, get_objective
-from clusterfit.stages.context import Context, finish, start
+from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 from clusterfit.train.engine import CHECKPOINT, Trainer
 
 NAME = "pretrain"
@@ -175,9 +175,8 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     """Make the ``task``-th N_pre (or skip: done already). Returns its stage's meta."""
     st, p = stage(ctx, task), ctx.pretrain_configs[task]
     name = folder(task)
-    if st.is_complete():
-        ctx.say(f"{name}: up to date, skipped ({st.dir})")
-        return st.meta() or {}
+    if (meta := up_to_date(ctx, st)) is not None:
+        return meta
     if p.objective in ("pretrained", "checkpoint", "module"):
         if p.objective == "pretrained":
             net = create_model(p.arch, [], pretrained=True, **p.arch_kwargs)
@@ -196,8 +195,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
 
 def run(ctx: Context) -> dict[str, Any]:
     """Make every N_pre of the run; returns the (first) N_pre's meta."""
-    metas = [run_task(ctx, task) for task in range(len(ctx.pretrain_configs))]
-    return metas[0]
+    return each_task(ctx, run_task)
 
 
 def log_summary(log: list[dict[str, Any]]) -> dict[str, Any]:

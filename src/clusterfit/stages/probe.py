@@ -28,7 +28,7 @@ from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.models import Net, build_from_args
 from clusterfit.stages import baselines, cluster, fit, pretrain
-from clusterfit.stages.context import Context, finish, start
+from clusterfit.stages.context import Context, finish, start, up_to_date
 from clusterfit.stages.extract import compute_features
 from clusterfit.train.engine import CHECKPOINT
 
@@ -254,9 +254,8 @@ def _l2(x: np.ndarray) -> np.ndarray:
 def run(ctx: Context) -> dict[str, Any]:
     """Probe every network on every target (or skip: done already). Returns the stage's meta."""
     cfg, st = ctx.cfg, stage(ctx)
-    if st.is_complete():
-        ctx.say(f"{st.name}: up to date, skipped ({st.dir})")
-        return st.meta() or {}
+    if (meta := up_to_date(ctx, st)) is not None:
+        return meta
     for model in _models(ctx):
         _checkpoint(ctx, model)
     targets = [(t, load_target(t, cfg.seed, ctx.progress)) for t in cfg.probe.targets]
