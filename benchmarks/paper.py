@@ -128,7 +128,7 @@ FULL = Scale(
 
 QUICK = Scale(
     name="quick",
-    n_images=2000,
+    n_images=1500,
     depth=10,
     width=16,
     epochs=2,
@@ -143,11 +143,11 @@ QUICK = Scale(
     select_noise=0.5,
     distill_noise=0.5,
     jigsaw_permutations=24,
-    probe_limit=1000,
-    probe_test_limit=1000,
-    val_limit=500,
-    val_test_limit=500,
-    n_updates=200,
+    probe_limit=600,
+    probe_test_limit=600,
+    val_limit=300,
+    val_test_limit=300,
+    n_updates=150,
     max_dims=4096,
     sweep_noise=(),
 )
@@ -159,9 +159,9 @@ GPU = dataclasses.replace(
     n_images=45000,
     depth=18,
     width=32,
-    epochs=10,
-    rot_epochs=4,
-    jig_epochs=10,
+    epochs=8,
+    rot_epochs=3,
+    jig_epochs=8,
     batch_size=256,
     lr=0.1,
     noise=(0.75, 0.5, 0.0),
@@ -223,6 +223,7 @@ class Step:
     pre2x: bool = False
     distill: bool = False
     validation: bool = False  # probe the validation targets too (seed-0 runs)
+    only: str | None = None  # run only this stage (``pretrain``: the early signal check)
 
 
 def control_run(p: float, seed: int) -> str:
@@ -280,6 +281,23 @@ def build_plan(scale: Scale) -> list[Step]:
             )
         )
 
+    # 0. does N_pre learn the signal of its labels at the highest noise? (train accuracy on
+    #    the noisy labels against 1 - p, before anything else is spent)
+    p_max = max(scale.noise)
+    steps.append(
+        Step(
+            name=f"control/signal/p{round(p_max * 100):02d}/s{s0}/pretrain",
+            run=control_run(p_max, s0),
+            experiment="control",
+            role="signal",
+            objective="supervised",
+            seed=s0,
+            ks=(),
+            noise=p_max,
+            validation=True,
+            only="pretrain",
+        )
+    )
     # 1. selection of K on validation (control, at select_noise; seed 0)
     ctl("select", scale.select_noise, s0, scale.k_control)
     # 2. headline control cells at p >= 50 (all seeds), then distillation at distill_noise
@@ -378,6 +396,11 @@ def estimate(plan: Sequence[Step], scale: Scale, k_default: dict[str, int]) -> l
         if (step.run, "pretrain") not in have:
             have.add((step.run, "pretrain"))
             t += _train_passes(scale, step.objective) / scale.train_ips
+        if step.only == "pretrain":
+            out.append(t)
+            continue
+        if (step.run, "probe-base") not in have:
+            have.add((step.run, "probe-base"))
             t += scale.n_images / scale.infer_ips  # features
             nets += 2  # random init and N_pre
         for k in ks:
@@ -1023,13 +1046,25 @@ def signal_check(
 NOTES = """\
 - Noise model: a fraction p of the labels is replaced by a class drawn uniformly from the *other*
   nine (`clusterfit.pretext.supervised.inject_label_noise`), so a network that predicts the
-  clean class agrees with 1 − p of its training labels; a train accuracy above that is
-  memorisation, one near 10% is a network that learnt nothing.
+  clean class agrees with 1 − p of its training labels (not 1 − p + p/9, which holds when the
+  noisy label may also be the true one); a train accuracy above 1 − p is memorisation, one near
+  10% is a network that learnt nothing.
 - N_cf's K is picked on validation (seed-0 selection runs), never on a test split; the test
   splits are probed with the same code afterwards. "Spread" is std(a) + std(b) over seeds
   (ddof = 1); a claim holds only when the difference of means exceeds it, and only when the
   networks it compares are above the random-init network by more than their spreads.
-- N_pre 2x and the K sweeps use one seed (seed 0); their verdicts carry "(n < 3)".
+- N_pre 2x and the K sweeps use one seed (seed 0); their verdicts carry "(n < 3)". The K-sweep
+  claim (C3) takes as its spread twice the std of the N_cf seeds at the picked K.
+- Budget: depth 10 / width 16 is the network whose training fits: on this 2-core machine it
+  trained at 440-600 images/s with 2 threads when the machine was quiet and at 25-80 images/s
+  when other jobs ran (where 2 OpenMP threads wait on each other: 1 thread was 3x faster, so
+  the suite picks the thread count per stage from the load average). Width 32 costs about 1.8x
+  and depth 18 about 3.5x (`--throughput`). 9,000 images x 10 epochs per network and 3 seeds
+  make about 8.5 h at 220 images/s, the planning rate for a machine that is shared part of
+  the time; the per-cell images/s actually seen are in the JSON (`cells`).
+- The early `signal` step trains N_pre at p = 75% first: its train accuracy on the noisy
+  labels against 1 − p = 25% says whether N_pre learns the signal of its labels before the
+  rest of the suite is spent on it.
 """
 
 
@@ -1106,6 +1141,8 @@ def write_plots(
 
 def step_done(step: Step, paths: Paths, selection: dict[str, Any]) -> bool:
     run = paths.runs / step.run
+    if step.only == "pretrain":
+        return (run / "pretrain" / "meta.json").is_file()
     k_sel = selection.get(step.experiment, {}).get("k")
     ks = [k_sel if k == SELECT else k for k in step.ks]
     if any(k is None for k in ks):
@@ -1309,6 +1346,29 @@ def measure_throughput(seconds: float = 6.0) -> dict[str, Any]:
     }
 
 
+def take_lock(runs: Path) -> bool:
+    """One suite process per run folder: ``<runs>/.lock`` holds the pid of the one running."""
+    runs.mkdir(parents=True, exist_ok=True)
+    lock = runs / ".lock"
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            print(f"{runs} is in use by process {pid}; not starting a second suite")
+            return False
+        else:
+            print(f"{runs} is in use by process {pid}; not starting a second suite")
+            return False
+    lock.write_text(f"{os.getpid()}\n")
+    return True
+
+
 def choose_threads(requested: int | None) -> int:
     """Torch threads for the next step: ``requested``, else 1 on a busy machine, else all cores.
 
@@ -1342,13 +1402,15 @@ def run_suite(
 ) -> int:
     import torch
 
-    from clusterfit.stages import run_pipeline
+    from clusterfit.stages import STAGES, run_pipeline
 
     sys.path.insert(0, str(HERE))
     import paper_data
 
     data = paper_data.prepare(data_root)
     paths = Paths.for_scale(scale)
+    if not take_lock(paths.runs):
+        return 2
     full_plan = build_plan(scale)
     plan = [s for s in full_plan if s.role == "select"] if pilot else full_plan
     plan = filter_plan(plan, only)
@@ -1374,16 +1436,16 @@ def run_suite(
             if missing:
                 print(f"[{i + 1}/{len(plan)}] {step.name}: needs the {missing} N_pre first")
                 continue
-        threads = choose_threads(threads_arg)
-        torch.set_num_threads(threads)
-        print(
-            f"[{i + 1}/{len(plan)}] {step.name}: run {step.run}, K {ks}, {threads} thread(s)",
-            flush=True,
-        )
+        print(f"[{i + 1}/{len(plan)}] {step.name}: run {step.run}, K {ks}", flush=True)
         started = time.perf_counter()
         try:
             cfg = make_config(step, scale, data, paths, ks, progress=progress, device=device)
-            run_pipeline(cfg)
+            # stage by stage, so that the number of threads follows the machine's load
+            for stage in [step.only] if step.only else list(STAGES):
+                threads = choose_threads(threads_arg)
+                torch.set_num_threads(threads)
+                print(f"  {stage}: {threads} thread(s)", flush=True)
+                run_pipeline(cfg, only=stage)
         except KeyboardInterrupt:
             raise
         except Exception:

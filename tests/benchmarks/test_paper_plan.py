@@ -48,7 +48,10 @@ def test_full_plan_has_three_seeds_for_every_headline_comparison(paper):
 
 def test_plan_order_selection_first_and_headlines_before_sweeps(paper):
     plan = paper.build_plan(paper.FULL)
-    assert plan[0].role == "select" and plan[0].experiment == "control"
+    # first the early check that N_pre learns at the highest noise (pretrain only), then the
+    # validation sweep that picks K
+    assert plan[0].role == "signal" and plan[0].only == "pretrain" and plan[0].noise == 0.75
+    assert plan[1].role == "select" and plan[1].experiment == "control"
     roles = [s.role for s in plan]
     last_headline = max(i for i, r in enumerate(roles) if r == "headline")
     first_sweep = min(i for i, r in enumerate(roles) if r == "ksweep")
