@@ -102,7 +102,7 @@ class Scale:
 
 FULL = Scale(
     name="full",
-    n_images=9000,
+    n_images=15000,
     depth=10,
     width=16,
     epochs=10,
@@ -124,6 +124,8 @@ FULL = Scale(
     n_updates=1000,
     max_dims=4096,
     sweep_noise=(0.75,),
+    train_ips=400.0,
+    infer_ips=1500.0,
 )
 
 QUICK = Scale(
@@ -150,6 +152,8 @@ QUICK = Scale(
     n_updates=150,
     max_dims=4096,
     sweep_noise=(),
+    train_ips=220.0,
+    infer_ips=700.0,
 )
 
 # A larger scale for a GPU: ResNet-18-like depth, all 45,000 train images.
@@ -1055,13 +1059,15 @@ NOTES = """\
   networks it compares are above the random-init network by more than their spreads.
 - N_pre 2x and the K sweeps use one seed (seed 0); their verdicts carry "(n < 3)". The K-sweep
   claim (C3) takes as its spread twice the std of the N_cf seeds at the picked K.
-- Budget: depth 10 / width 16 is the network whose training fits: on this 2-core machine it
-  trained at 440-600 images/s with 2 threads when the machine was quiet and at 25-80 images/s
-  when other jobs ran (where 2 OpenMP threads wait on each other: 1 thread was 3x faster, so
-  the suite picks the thread count per stage from the load average). Width 32 costs about 1.8x
-  and depth 18 about 3.5x (`--throughput`). 9,000 images x 10 epochs per network and 3 seeds
-  make about 8.5 h at 220 images/s, the planning rate for a machine that is shared part of
-  the time; the per-cell images/s actually seen are in the JSON (`cells`).
+- Budget: depth 10 / width 16 is the network whose training fits. On this 2-core machine its
+  training ran at 850-870 images/s with 2 threads when the machine was quiet (quick suite,
+  `cells` in the JSON) and at 25-170 images/s when other jobs ran: there 2 OpenMP threads wait
+  on each other at every operation (1 thread trained 3x faster than 2 at a load average of 8),
+  so the suite picks the thread count per stage from the load average. Width 32 costs about
+  1.8x and depth 18 about 3.7x (`--throughput`, measured in the same run). 15,000 images x 10
+  epochs per network (RotNet 3 epochs of 4 rotations, Jigsaw 10) and 3 seeds make about 7.5 h
+  at 400 images/s, the planning rate between the quiet and the shared figures; the images/s
+  each cell actually saw are in the JSON (`cells`).
 - The early `signal` step trains N_pre at p = 75% first: its train accuracy on the noisy
   labels against 1 − p = 25% says whether N_pre learns the signal of its labels before the
   rest of the suite is spent on it.
