@@ -1216,8 +1216,9 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, list[str]], paths: Pat
     if doc.get("throughput"):
         tp = doc["throughput"]
         lines.append(
-            "- Throughput measured here (`--throughput`, 2 threads, batch 128, 3x32x32; the "
-            "machine was shared, so these are lower bounds): "
+            f"- Throughput measured here (`--throughput`, {tp.get('threads')} threads, batch 128, "
+            f"3x32x32, 1-minute load average {tp.get('load_average_1min', 0):.2f} at its end, "
+            f"{tp.get('when')}): "
             + "; ".join(
                 f"depth {r['depth']} width {r['width']}: train {r['train_ips']:.0f} img/s, "
                 f"inference {r['infer_ips']:.0f} img/s"
