@@ -1396,13 +1396,17 @@ def choose_threads(requested: int | None) -> int:
     On a 2-core machine shared with other jobs, two OpenMP threads spend most of their time
     waiting for each other at every operation (measured here: 1 thread trained ResNet-10 at
     70-80 images/s while 2 threads got 22-24 at a load average of 8); on a quiet machine two
-    threads are faster. The 1-minute load average, less this process's own, decides.
+    threads are faster. The 1-minute load average, less this process's own (the threads its
+    previous stage ran), decides.
     """
     if requested:
         return requested
+    import torch
+
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return 1 if load - 1.0 > 0.5 * cores else cores
+    others = load - torch.get_num_threads()
+    return 1 if others > 0.5 * cores else cores
 
 
 def resolve_ks(step: Step, selection: dict[str, Any]) -> list[int] | None:
