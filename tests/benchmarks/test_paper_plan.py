@@ -256,3 +256,24 @@ def test_filter_plan(paper):
     ss = paper.filter_plan(plan, ["selfsup"])
     assert ss and all(s.experiment == "selfsup" for s in ss)
     assert paper.filter_plan(plan, []) == plan
+
+
+def test_choose_threads_discounts_this_process_own_threads(paper, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(paper.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # the previous stage ran 2 threads and nothing else runs: load ~2 is our own
+        monkeypatch.setattr(paper.os, "getloadavg", lambda: (2.1, 2.0, 2.0))
+        assert paper.choose_threads(None) == 2
+        # two other busy processes besides our 2 threads
+        monkeypatch.setattr(paper.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
+        assert paper.choose_threads(None) == 1
+        torch.set_num_threads(1)
+        monkeypatch.setattr(paper.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+        assert paper.choose_threads(None) == 2
+        assert paper.choose_threads(3) == 3
+    finally:
+        torch.set_num_threads(before)
