@@ -983,12 +983,17 @@ def evaluate_claims(
 
 
 def select_k(
-    records: list[dict[str, Any]], experiment: str, ks: Sequence[int], seed: int
+    records: list[dict[str, Any]],
+    experiment: str,
+    ks: Sequence[int],
+    seed: int,
+    noise: float | None = None,
 ) -> dict[str, Any] | None:
     """The K whose N_cf has the best mean validation top-1 (res5, both validation targets).
 
-    Reads only ``split == "val"`` records of the selection runs (``seed``); None until every K
-    has both validation numbers.
+    Reads only ``split == "val"`` records of the selection runs: ``seed``, and for the control
+    experiment the selection's label noise ``noise`` (other seed-0 runs probe validation too, at
+    one K, and must not move the choice); None until every K has both validation numbers.
     """
     val = [
         r
@@ -1001,6 +1006,7 @@ def select_k(
         and r["metric"] == "top1"
         and r["seed"] == seed
         and r.get("objective") != MULTITASK
+        and (noise is None or r.get("label_noise") == noise)
     ]
     scores: dict[int, list[float]] = {}
     for r in val:
@@ -1085,8 +1091,11 @@ def write_results(
     """Collect every finished run, write the JSON, RESULTS.md and the plots; return the doc."""
     records, cells = collect(paths, plan)
     selection = {}
-    for exp, ks in (("control", scale.k_control), ("selfsup", scale.k_selfsup)):
-        sel = select_k(records, exp, ks, scale.seeds[0])
+    for exp, ks, noise in (
+        ("control", scale.k_control, scale.select_noise),
+        ("selfsup", scale.k_selfsup, None),
+    ):
+        sel = select_k(records, exp, ks, scale.seeds[0], noise)
         if sel is not None:
             selection[exp] = sel
     claims = evaluate_claims(records, scale, selection)

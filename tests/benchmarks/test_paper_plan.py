@@ -222,6 +222,19 @@ def test_select_k_reads_validation_records_only(paper):
     assert paper.select_k(recs[:2], "control", (10, 50), seed=0) is None
 
 
+def test_select_k_ignores_validation_probes_of_other_noise_levels(paper):
+    """Seed-0 headline runs at other p probe validation at one K: the choice must not move."""
+    recs = []
+    for k, val in ((10, 50.0), (50, 49.0)):
+        for target in ("cifar10-val", "fashion-mnist-val"):
+            recs.append(_rec("N_cf", val, 0, k=k, target=target, split="val"))
+    for target in ("cifar10-val", "fashion-mnist-val"):  # p = 0.75 at K = 10 only, much lower
+        recs.append(_rec("N_cf", 30.0, 0, k=10, target=target, split="val", label_noise=0.75))
+    sel = paper.select_k(recs, "control", (10, 50), seed=0, noise=0.5)
+    assert sel["k"] == 10
+    assert sel["val_top1_by_k"] == {"10": 50.0, "50": 49.0}
+
+
 def test_make_config_builds_valid_runs(paper, tmp_path):
     from clusterfit.config import RunConfig
 
