@@ -91,6 +91,11 @@ class Scale:
     n_updates: int
     max_dims: int
     sweep_noise: tuple[float, ...]  # noise levels whose K sweep runs after the headline cells
+    # "Longer N_pre" diagnostic (seed 0): N_pre trained ``long_pre_epochs`` epochs at these p,
+    # then ClusterFit as in the headline cells, to see whether the size of the gain depends on
+    # how far N_pre went into fitting its noisy labels.
+    long_pre_noise: tuple[float, ...] = ()
+    long_pre_epochs: int = 0
     train_ips: float = 220.0
     infer_ips: float = 700.0
     device: str = "cpu"
@@ -124,6 +129,8 @@ FULL = Scale(
     n_updates=1000,
     max_dims=4096,
     sweep_noise=(0.75,),
+    long_pre_noise=(0.75, 0.5),
+    long_pre_epochs=40,
     train_ips=400.0,
     infer_ips=1500.0,
 )
@@ -228,10 +235,17 @@ class Step:
     distill: bool = False
     validation: bool = False  # probe the validation targets too (seed-0 runs)
     only: str | None = None  # run only this stage (``pretrain``: the early signal check)
+    pre_epochs: int | None = None  # N_pre epochs other than the scale's (the diagnostic)
+
+    @property
+    def tag(self) -> str:
+        """The records' ``experiment``: diagnostic runs are kept apart from the headline cells."""
+        return "control-long" if self.pre_epochs else self.experiment
 
 
-def control_run(p: float, seed: int) -> str:
-    return f"ctl-p{round(p * 100):02d}-s{seed}"
+def control_run(p: float, seed: int, pre_epochs: int | None = None) -> str:
+    long = f"-pre{pre_epochs}ep" if pre_epochs else ""
+    return f"ctl-p{round(p * 100):02d}-s{seed}{long}"
 
 
 def selfsup_run(task: str, seed: int) -> str:
@@ -252,18 +266,20 @@ def build_plan(scale: Scale) -> list[Step]:
 
     def ctl(role: str, p: float, seed: int, ks: tuple[int, ...], **kw: Any) -> None:
         tag = "k" + "-".join("sel" if k == SELECT else str(k) for k in ks)
-        extra = "".join(f"-{k}" for k, v in kw.items() if v)
+        extra = "".join(f"-{k}" for k, v in kw.items() if v and k != "pre_epochs")
+        if kw.get("pre_epochs"):
+            extra += f"-pre{kw['pre_epochs']}ep"
         steps.append(
             Step(
                 name=f"control/{role}/p{round(p * 100):02d}/s{seed}/{tag}{extra}",
-                run=control_run(p, seed),
+                run=control_run(p, seed, kw.get("pre_epochs")),
                 experiment="control",
                 role=role,
                 objective="supervised",
                 seed=seed,
                 ks=ks,
                 noise=p,
-                validation=seed == s0,
+                validation=seed == s0 and not kw.get("pre_epochs"),
                 **kw,
             )
         )
@@ -313,6 +329,9 @@ def build_plan(scale: Scale) -> list[Step]:
     if scale.distill_noise in scale.noise:
         for seed in seeds:
             ctl("baseline", scale.distill_noise, seed, (SELECT,), distill=True)
+    # 2b. the diagnostic: does the gain depend on how long N_pre trained? (seed 0)
+    for p in scale.long_pre_noise:
+        ctl("diagnose", p, s0, (SELECT,), pre_epochs=scale.long_pre_epochs)
     # 3. self-supervised: selection (seed 0, every K), headline seeds, multi-task
     for task in SELFSUP_TASKS:
         ss("select", task, s0, scale.k_selfsup)
@@ -399,7 +418,7 @@ def estimate(plan: Sequence[Step], scale: Scale, k_default: dict[str, int]) -> l
             continue
         if (step.run, "pretrain") not in have:
             have.add((step.run, "pretrain"))
-            t += _train_passes(scale, step.objective) / scale.train_ips
+            t += _train_passes(scale, step.objective, step.pre_epochs) / scale.train_ips
         if step.only == "pretrain":
             out.append(t)
             continue
@@ -515,7 +534,8 @@ def make_config(
         "cluster.n_iter=25",
         f"probe.n_updates={s.n_updates}",
         f"probe.max_dims={s.max_dims}",
-        "probe.random_baseline=" + ("false" if step.role == "multitask" else "true"),
+        # the random-init floor is probed once per seed, in the single-task headline runs
+        "probe.random_baseline=" + ("false" if step.role in ("multitask", "diagnose") else "true"),
         f"baselines.pre2x={str(step.pre2x).lower()}",
         f"baselines.distill={str(step.distill).lower()}",
     ]
@@ -523,7 +543,7 @@ def make_config(
         over += [
             "pretrain.objective=supervised",
             f"pretrain.label_noise={step.noise}",
-            f"pretrain.train.epochs={s.epochs}",
+            f"pretrain.train.epochs={step.pre_epochs or s.epochs}",
         ]
     elif step.objective == "rotnet":
         over += ["pretrain.objective=rotnet", f"pretrain.train.epochs={s.rot_epochs}"]
@@ -620,7 +640,7 @@ def collect(paths: Paths, plan: Sequence[Step]) -> tuple[list[dict], dict[str, A
     cells: dict[str, Any] = {}
     info = {}
     for step in plan:
-        info.setdefault(step.run, {"experiment": step.experiment, "role": step.role})
+        info.setdefault(step.run, {"experiment": step.tag, "role": step.role})
         if step.role == "multitask":
             info[step.run]["role"] = "multitask"
     for run in run_names(plan):
@@ -1049,6 +1069,42 @@ def signal_check(
     return out
 
 
+def long_pre_check(
+    records: list[dict[str, Any]],
+    cells: dict[str, Any],
+    scale: Scale,
+    selection: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The diagnostic: N_pre trained the scale's epochs (the seed-0 headline run) against N_pre
+    trained ``long_pre_epochs`` (same seed, same images), and the N_cf of each at the picked K.
+    Test-split res5 top-1 on both targets, with the gain N_cf − N_pre."""
+    out = []
+    s0 = scale.seeds[0]
+    k = selection.get("control", {}).get("k")
+    for p in scale.long_pre_noise:
+        for epochs, exp in ((scale.epochs, "control"), (scale.long_pre_epochs, "control-long")):
+            run = control_run(p, s0, None if exp == "control" else epochs)
+            pre = cells.get(run, {}).get("pretrain")
+            if not pre:
+                continue
+            row: dict[str, Any] = {
+                "label_noise": p,
+                "pre_epochs": epochs,
+                "run": run,
+                "train_acc_noisy_labels": pre.get("final_train_acc"),
+            }
+            for target in TEST_TARGETS:
+                for model in ("N_pre", "N_cf"):
+                    w = {"experiment": exp, "label_noise": p, "target": target, "layer": "res5"}
+                    if model == "N_cf":
+                        w["k"] = k
+                    st = stat(records, model=model, **w)
+                    st = Stat({sd: v for sd, v in st.by_seed.items() if sd == s0})
+                    row[f"{target}_{model}"] = round(st.mean, 2) if st.n else None
+            out.append(row)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Writing the results
 # --------------------------------------------------------------------------------------------
@@ -1115,6 +1171,7 @@ def write_results(
         **extra,
         "selection": selection,
         "signal_check": signal_check(records, cells, scale),
+        "long_pre_check": long_pre_check(records, cells, scale, selection),
         "claims": claims,
         "cells": cells,
         "records": records,
@@ -1293,6 +1350,31 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, list[str]], paths: Pat
     lines.append(
         _md_table(["#", "paper's claim", "target", "layer", "our figure", "verdict"], rows)
     )
+    lp = doc.get("long_pre_check") or []
+    if lp:
+        lines += [
+            "",
+            "## Diagnostic: a longer-trained N_pre",
+            "",
+            "Does the gain of ClusterFit depend on how far N_pre went into fitting its noisy "
+            f"labels? Seed 0, the same {s['n_images']} images; N_pre trained {s['epochs']} epochs "
+            f"(the headline run) or {s['long_pre_epochs']} epochs, N_cf always {s['epochs']} "
+            "epochs at the picked K. Test-split res5 linear top-1 (%), one seed (no spread: "
+            "read it as a direction, not a verdict).",
+            "",
+        ]
+        header = ["p", "N_pre epochs", "N_pre train acc on noisy labels (%)"]
+        for t in TEST_TARGETS:
+            header += [f"{t}: N_pre", f"{t}: N_cf", f"{t}: gain"]
+        body = []
+        for r in lp:
+            row = [f"{r['label_noise']:g}", str(r["pre_epochs"]), _f(r["train_acc_noisy_labels"])]
+            for t in TEST_TARGETS:
+                a, b = r.get(f"{t}_N_pre"), r.get(f"{t}_N_cf")
+                gain = None if a is None or b is None else b - a
+                row += [_f(a), _f(b), _f(gain)]
+            body.append(row)
+        lines.append(_md_table(header, body))
     for exp in ("control", "selfsup"):
         recs = [
             r

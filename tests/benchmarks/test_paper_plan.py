@@ -250,7 +250,7 @@ def test_make_config_builds_valid_runs(paper, tmp_path):
         assert cfg.data.limit == paper.FULL.n_images and cfg.seed == step.seed
         names = [t.name for t in cfg.probe.targets]
         assert names[:2] == ["cifar10", "fashion-mnist"]
-        assert ("cifar10-val" in names) == (step.seed == 0)
+        assert ("cifar10-val" in names) == (step.seed == 0 and step.role != "diagnose")
         # test targets read the test split; validation targets the split carved from train
         for t in cfg.probe.targets:
             assert t.train_split == "train"
@@ -259,7 +259,9 @@ def test_make_config_builds_valid_runs(paper, tmp_path):
             assert cfg.pretrain.objective == "checkpoint" and len(cfg.multitask) == 1
         if step.experiment == "control":
             assert cfg.pretrain.label_noise == step.noise
-            assert cfg.fit.train.epochs == cfg.pretrain.train.epochs  # same epochs for N_cf
+            assert cfg.fit.train.epochs == paper.FULL.epochs
+            # same epochs for N_cf, except in the longer-N_pre diagnostic
+            assert cfg.pretrain.train.epochs == (step.pre_epochs or paper.FULL.epochs)
 
 
 def test_filter_plan(paper):
@@ -290,3 +292,33 @@ def test_choose_threads_discounts_this_process_own_threads(paper, monkeypatch):
         assert paper.choose_threads(3) == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_long_pre_diagnostic_is_kept_apart_from_the_headline_cells(paper, tmp_path):
+    scale = paper.FULL
+    plan = paper.build_plan(scale)
+    diag = [st for st in plan if st.role == "diagnose"]
+    assert [st.noise for st in diag] == list(scale.long_pre_noise)
+    for st in diag:
+        assert st.pre_epochs == scale.long_pre_epochs and st.seed == 0 and not st.validation
+        assert st.run == paper.control_run(st.noise, 0, scale.long_pre_epochs)
+        assert st.run != paper.control_run(st.noise, 0) and st.tag == "control-long"
+    # its records carry their own experiment tag, so the claims never see them
+    recs = [
+        _rec("N_pre", 50.0, 0, label_noise=0.75),
+        _rec("N_cf", 52.0, 0, k=10, label_noise=0.75),
+        _rec("N_pre", 40.0, 0, label_noise=0.75, experiment="control-long"),
+        _rec("N_cf", 49.0, 0, k=10, label_noise=0.75, experiment="control-long"),
+    ]
+    cells = {
+        paper.control_run(0.75, 0): {"pretrain": {"final_train_acc": 15.0}},
+        paper.control_run(0.75, 0, 40): {"pretrain": {"final_train_acc": 30.0}},
+    }
+    rows = paper.long_pre_check(recs, cells, scale, {"control": {"k": 10}})
+    assert [(r["pre_epochs"], r["train_acc_noisy_labels"]) for r in rows] == [
+        (10, 15.0),
+        (40, 30.0),
+    ]
+    assert (rows[0]["cifar10_N_pre"], rows[0]["cifar10_N_cf"]) == (50.0, 52.0)
+    assert (rows[1]["cifar10_N_pre"], rows[1]["cifar10_N_cf"]) == (40.0, 49.0)
+    assert paper.stat(recs, model="N_pre", experiment="control", label_noise=0.75).mean == 50.0
