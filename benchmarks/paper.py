@@ -1294,6 +1294,19 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, list[str]], paths: Pat
         )
     if doc.get("budget"):
         lines.append(f"- Budget: {doc['budget']}")
+    ips = sorted(
+        st["images_per_s_median"]
+        for stages in doc.get("cells", {}).values()
+        for st in stages.values()
+        if isinstance(st, dict) and st.get("images_per_s_median")
+    )
+    if ips:
+        med = ips[len(ips) // 2]
+        lines.append(
+            f"- Observed: the {len(ips)} trainings finished so far ran at a median of {med:.0f} "
+            f"training images/s (range {ips[0]:.0f}-{ips[-1]:.0f}; per cell in the JSON), "
+            f"{med / s['train_ips']:.1f}x the planning rate of the budget line."
+        )
     lines += ["", "## Choices made on validation (never on a test split)", ""]
     if doc["selection"]:
         for exp, sel in doc["selection"].items():
