@@ -1129,8 +1129,9 @@ NOTES = """\
   quiet machine (2 threads, batch 128): depth 10 / width 16 trains at 788 images/s (inference
   2,308), width 32 at 274 (2.9x slower), depth 18 / width 16 at 467 (1.7x slower).
   15,000 images x 10 epochs per network (RotNet 3 epochs of 4 rotations, Jigsaw 10) and 3
-  seeds make about 7.5 h at 400 images/s, the planning rate between the quiet and the shared
-  figures; the images/s each cell actually saw are in the JSON (`cells`).
+  seeds, plus the 40-epoch N_pre diagnostic, make the budget line above at 400 images/s, the
+  planning rate between the quiet and the shared figures; the images/s each cell actually saw
+  are in the JSON (`cells`) and their median in the "Observed" line.
 - The early `signal` step trains N_pre at p = 75% first: its train accuracy on the noisy
   labels against 1 − p = 25% says whether N_pre learns the signal of its labels before the
   rest of the suite is spent on it.

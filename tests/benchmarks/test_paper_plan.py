@@ -294,7 +294,7 @@ def test_choose_threads_discounts_this_process_own_threads(paper, monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_long_pre_diagnostic_is_kept_apart_from_the_headline_cells(paper, tmp_path):
+def test_long_pre_diagnostic_is_kept_apart_from_the_headline_cells(paper):
     scale = paper.FULL
     plan = paper.build_plan(scale)
     diag = [st for st in plan if st.role == "diagnose"]
