@@ -756,7 +756,8 @@ def above_random(x: Stat, rnd: Stat) -> bool:
 def _guard(verdict: str, nets: dict[str, Stat], rnd: Stat) -> str:
     low = [name for name, s in nets.items() if not above_random(s, rnd)]
     if low and verdict.startswith("holds"):
-        return "not testable: " + ", ".join(low) + " not above random init"
+        # the rule wins, but the reader still sees what the difference alone said
+        return f"not testable: {', '.join(low)} not above random init (the difference: {verdict})"
     if low:
         return verdict + "; " + ", ".join(low) + " not above random init"
     return verdict

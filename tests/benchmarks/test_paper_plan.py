@@ -168,6 +168,7 @@ def test_claim_c2_holds_beyond_spread_and_guarded_by_random(paper):
         if c["id"] == "C2" and "0.75" in c["claim"] and c["layer"] == "res5"
     ]
     assert c2[0]["verdict"].startswith("not testable")
+    assert c2[0]["verdict"].endswith("(the difference: holds)")
     # within the spread: does not hold
     noisy = [r | {"value": 48 + 4 * r["seed"]} if r["model"] == "N_cf" else r for r in recs]
     c2 = [
