@@ -203,6 +203,7 @@ CONTROL_LAYERS = ("res4", "res5")
 SELFSUP_LAYERS = ("conv1", "res2", "res3", "res4", "res5")
 SELFSUP_TASKS = ("rotnet", "jigsaw")
 MULTITASK = "jigsaw+rotnet"
+LONG_PRE = "control-long"  # the records' experiment in the longer-N_pre diagnostic runs
 
 # --------------------------------------------------------------------------------------------
 # The plan
@@ -240,7 +241,7 @@ class Step:
     @property
     def tag(self) -> str:
         """The records' ``experiment``: diagnostic runs are kept apart from the headline cells."""
-        return "control-long" if self.pre_epochs else self.experiment
+        return LONG_PRE if self.pre_epochs else self.experiment
 
 
 def control_run(p: float, seed: int, pre_epochs: int | None = None) -> str:
@@ -1062,8 +1063,14 @@ def signal_check(
             row["clean_predictor_level"] = round(100 * (1 - p), 2)
             row["images_per_s"] = pre.get("images_per_s_median")
         for model in ("N_pre", "random"):
-            s = stat(records, model=model, label_noise=p, target=CIFAR_VAL, layer="res5")
-            s = Stat({k: v for k, v in s.by_seed.items() if k == scale.seeds[0]})
+            s = stat(
+                records,
+                model=model,
+                label_noise=p,
+                target=CIFAR_VAL,
+                layer="res5",
+                seed=scale.seeds[0],
+            )
             if s.n:
                 row[f"val_res5_{model}"] = round(s.mean, 2)
         out.append(row)
@@ -1083,14 +1090,14 @@ def long_pre_check(
     s0 = scale.seeds[0]
     k = selection.get("control", {}).get("k")
     for p in scale.long_pre_noise:
-        for epochs, exp in ((scale.epochs, "control"), (scale.long_pre_epochs, "control-long")):
-            run = control_run(p, s0, None if exp == "control" else epochs)
+        for pre_epochs, exp in ((None, "control"), (scale.long_pre_epochs, LONG_PRE)):
+            run = control_run(p, s0, pre_epochs)
             pre = cells.get(run, {}).get("pretrain")
             if not pre:
                 continue
             row: dict[str, Any] = {
                 "label_noise": p,
-                "pre_epochs": epochs,
+                "pre_epochs": pre_epochs or scale.epochs,
                 "run": run,
                 "train_acc_noisy_labels": pre.get("final_train_acc"),
             }
@@ -1099,8 +1106,7 @@ def long_pre_check(
                     w = {"experiment": exp, "label_noise": p, "target": target, "layer": "res5"}
                     if model == "N_cf":
                         w["k"] = k
-                    st = stat(records, model=model, **w)
-                    st = Stat({sd: v for sd, v in st.by_seed.items() if sd == s0})
+                    st = stat(records, model=model, seed=s0, **w)
                     row[f"{target}_{model}"] = round(st.mean, 2) if st.n else None
             out.append(row)
     return out
@@ -1122,17 +1128,13 @@ NOTES = """\
   networks it compares are above the random-init network by more than their spreads.
 - N_pre 2x and the K sweeps use one seed (seed 0); their verdicts carry "(n < 3)". The K-sweep
   claim (C3) takes as its spread twice the std of the N_cf seeds at the picked K.
-- Budget: depth 10 / width 16 is the network whose training fits. On this 2-core machine its
-  training ran at 850-870 images/s with 2 threads when the machine was quiet (quick suite,
-  `cells` in the JSON) and at 25-170 images/s when other jobs ran: there 2 OpenMP threads wait
-  on each other at every operation (1 thread trained 3x faster than 2 at a load average of 8),
-  so the suite picks the thread count per stage from the load average. `--throughput` on the
-  quiet machine (2 threads, batch 128): depth 10 / width 16 trains at 788 images/s (inference
-  2,308), width 32 at 274 (2.9x slower), depth 18 / width 16 at 467 (1.7x slower).
-  15,000 images x 10 epochs per network (RotNet 3 epochs of 4 rotations, Jigsaw 10) and 3
-  seeds, plus the 40-epoch N_pre diagnostic, make the budget line above at 400 images/s, the
-  planning rate between the quiet and the shared figures; the images/s each cell actually saw
-  are in the JSON (`cells`) and their median in the "Observed" line.
+- Budget: depth 10 / width 16 is the network whose training fits (`--throughput` above: width
+  32 and depth 18 train slower). When other jobs share the 2 cores, 2 OpenMP
+  threads wait on each other at every operation, so the suite picks the thread count per stage
+  from the load average. 15,000 images x 10 epochs per network (RotNet 3 epochs of 4
+  rotations, Jigsaw 10) and 3 seeds, plus the 40-epoch N_pre diagnostic, make the budget line
+  above; the images/s each cell actually saw are in the JSON (`cells`) and their median in
+  the "Observed" line.
 - The early `signal` step trains N_pre at p = 75% first: its train accuracy on the noisy
   labels against 1 − p = 25% says whether N_pre learns the signal of its labels before the
   rest of the suite is spent on it.
@@ -1500,9 +1502,8 @@ def choose_threads(requested: int | None) -> int:
     """Torch threads for the next step: ``requested``, else 1 on a busy machine, else all cores.
 
     On a 2-core machine shared with other jobs, two OpenMP threads spend most of their time
-    waiting for each other at every operation (measured here: 1 thread trained ResNet-10 at
-    70-80 images/s while 2 threads got 22-24 at a load average of 8); on a quiet machine two
-    threads are faster. The 1-minute load average, less this process's own (the threads its
+    waiting for each other at every operation, and one thread trains faster; on a quiet machine
+    two threads are faster. The 1-minute load average, less this process's own (the threads its
     previous stage ran), decides.
     """
     if requested:
