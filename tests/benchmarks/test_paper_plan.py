@@ -299,11 +299,17 @@ def test_long_pre_diagnostic_is_kept_apart_from_the_headline_cells(paper):
     scale = paper.FULL
     plan = paper.build_plan(scale)
     diag = [st for st in plan if st.role == "diagnose"]
-    assert [st.noise for st in diag] == list(scale.long_pre_noise)
+    first = [st for st in diag if st.seed == 0]
+    assert [st.noise for st in first] == list(scale.long_pre_noise)
+    # the other seeds only at long_pre_seed_noise, and last in the plan (after every headline,
+    # baseline and sweep step of the issue)
+    others = [(st.noise, st.seed) for st in diag if st.seed != 0]
+    assert others == [(p, s) for p in scale.long_pre_seed_noise for s in scale.seeds[1:]]
+    assert [st.role for st in plan[-len(others) :]] == ["diagnose"] * len(others)
     for st in diag:
-        assert st.pre_epochs == scale.long_pre_epochs and st.seed == 0 and not st.validation
-        assert st.run == paper.control_run(st.noise, 0, scale.long_pre_epochs)
-        assert st.run != paper.control_run(st.noise, 0) and st.tag == "control-long"
+        assert st.pre_epochs == scale.long_pre_epochs and not st.validation
+        assert st.run == paper.control_run(st.noise, st.seed, scale.long_pre_epochs)
+        assert st.run != paper.control_run(st.noise, st.seed) and st.tag == "control-long"
     # its records carry their own experiment tag, so the claims never see them
     recs = [
         _rec("N_pre", 50.0, 0, label_noise=0.75),
@@ -323,3 +329,39 @@ def test_long_pre_diagnostic_is_kept_apart_from_the_headline_cells(paper):
     assert (rows[0]["cifar10_N_pre"], rows[0]["cifar10_N_cf"]) == (50.0, 52.0)
     assert (rows[1]["cifar10_N_pre"], rows[1]["cifar10_N_cf"]) == (40.0, 49.0)
     assert paper.stat(recs, model="N_pre", experiment="control", label_noise=0.75).mean == 50.0
+
+
+def test_claim_c2l_reads_only_the_longer_n_pre_runs(paper):
+    p, long = paper.FULL.long_pre_seed_noise[0], paper.LONG_PRE
+    recs = []
+    for seed in range(3):
+        recs += [
+            # headline runs (10-epoch N_pre): N_cf behind; they must not enter C2L
+            _rec("N_pre", 50 + seed, seed, label_noise=p),
+            _rec("N_cf", 45 + seed, seed, label_noise=p, k=10),
+            _rec("random", 38 + 0.1 * seed, seed, label_noise=p),
+            # the longer N_pre: N_cf ahead by 3 with stds of 0.5
+            _rec("N_pre", 52 + 0.5 * seed, seed, label_noise=p, experiment=long),
+            _rec("N_cf", 55 + 0.5 * seed, seed, label_noise=p, k=10, experiment=long),
+        ]
+    rows = [
+        c
+        for c in paper.evaluate_claims(recs, paper.FULL, {"control": {"k": 10}})
+        if c["id"] == "C2L" and c["target"] == "cifar10" and c["layer"] == "res5"
+    ]
+    assert len(rows) == 1 and rows[0]["verdict"] == "holds"
+    assert rows[0]["figure"].startswith("N_cf 55.50 ± 0.50 (n=3) vs N_pre 52.50 ± 0.50 (n=3)")
+    c2 = [
+        c
+        for c in paper.evaluate_claims(recs, paper.FULL, {"control": {"k": 10}})
+        if c["id"] == "C2" and f"p = {p:g}" in c["claim"] and c["layer"] == "res5"
+    ]
+    assert "reversed" in c2[0]["verdict"]
+    # only seed 0 of the longer runs so far: the verdict says the spread is not measured
+    one = [r for r in recs if r["experiment"] != long or r["seed"] == 0]
+    rows = [
+        c
+        for c in paper.evaluate_claims(one, paper.FULL, {"control": {"k": 10}})
+        if c["id"] == "C2L" and c["target"] == "cifar10" and c["layer"] == "res5"
+    ]
+    assert rows[0]["verdict"].endswith("(n < 3)")
