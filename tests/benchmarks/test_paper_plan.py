@@ -365,3 +365,31 @@ def test_claim_c2l_reads_only_the_longer_n_pre_runs(paper):
         if c["id"] == "C2L" and c["target"] == "cifar10" and c["layer"] == "res5"
     ]
     assert rows[0]["verdict"].endswith("(n < 3)")
+
+
+def test_results_md_includes_the_written_reading_when_there_is_one(paper, tmp_path):
+    import dataclasses
+
+    paths = paper.Paths(
+        runs=tmp_path / "runs",
+        results_json=tmp_path / "paper.json",
+        results_md=tmp_path / "RESULTS.md",
+        report_dir=tmp_path / "report",
+    )
+    doc = {
+        "scale": dataclasses.asdict(paper.FULL),
+        "command": "python benchmarks/paper.py",
+        "updated": "now",
+        "steps_done": 0,
+        "steps_total": 1,
+        "selection": {},
+        "signal_check": [],
+        "claims": [],
+        "records": [],
+        "cells": {},
+    }
+    md = paper.render_markdown(doc, {}, paths)
+    assert "## Claims" in md and "## What the figures say" not in md
+    (tmp_path / "paper_reading.md").write_text("## What the figures say\n\nC2 does not hold.\n")
+    md = paper.render_markdown(doc, {}, paths)
+    assert md.index("## Claims") < md.index("## What the figures say") < md.index("## Notes")
