@@ -947,6 +947,8 @@ def evaluate_claims(
             if two.n == 0:
                 continue
             verdict, _, _ = compare(cf, two)
+            rnd = q(ctl, model="random", target=target, layer="res5")
+            verdict = _guard(verdict, {"N_pre 2x": two, "N_cf": cf}, rnd)
             out.append(
                 _claim(
                     "C5",
@@ -1016,6 +1018,8 @@ def evaluate_claims(
         if two.n:
             cf = singles["jigsaw"]
             verdict, _, _ = compare(cf, two)
+            rnd = q(ss, model="random", objective="jigsaw", target=target, layer="res5")
+            verdict = _guard(verdict, {"N_pre 2x": two, "N_cf": cf}, rnd)
             out.append(
                 _claim(
                     "S4",

@@ -393,3 +393,27 @@ def test_results_md_includes_the_written_reading_when_there_is_one(paper, tmp_pa
     (tmp_path / "paper_reading.md").write_text("## What the figures say\n\nC2 does not hold.\n")
     md = paper.render_markdown(doc, {}, paths)
     assert md.index("## Claims") < md.index("## What the figures say") < md.index("## Notes")
+
+
+def test_n_pre_2x_claims_are_guarded_by_random_init(paper):
+    recs = []
+    for seed in range(3):
+        recs += [
+            _rec("N_cf", 48 + 0.5 * seed, seed, k=1000, objective="jigsaw", experiment="selfsup"),
+            _rec("random", 39 + 0.5 * seed, seed, objective="jigsaw", experiment="selfsup"),
+        ]
+    two = _rec("N_pre_2x", 32.0, 0, objective="jigsaw", experiment="selfsup")
+    sel = {"control": {"k": 10}, "selfsup": {"k": 1000}}
+
+    def s4(records):
+        return [
+            c["verdict"]
+            for c in paper.evaluate_claims(records, paper.FULL, sel)
+            if c["id"] == "S4" and c["target"] == "cifar10"
+        ]
+
+    # N_pre 2x below random init: the rule withholds the verdict, the difference still shows
+    (v,) = s4([*recs, two])
+    assert v.startswith("not testable: N_pre 2x not above random init") and "holds" in v
+    (v,) = s4([*recs, two | {"value": 44.0}])
+    assert v == "holds (n < 3)"
