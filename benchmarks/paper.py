@@ -772,6 +772,14 @@ def _guard(verdict: str, nets: dict[str, Stat], rnd: Stat) -> str:
     return verdict
 
 
+def _judged(a: Stat, b: Stat, names: tuple[str, str], rnd: Stat) -> str:
+    """``compare(a, b)``'s verdict under the random-init rule; ``names``: (a's, b's)."""
+    verdict, _, _ = compare(a, b)
+    if verdict == "not yet run":
+        return verdict
+    return _guard(verdict, {names[1]: b, names[0]: a}, rnd)
+
+
 def _claim(
     cid: str, experiment: str, claim: str, target: str, layer: str, figure: str, verdict: str
 ) -> dict[str, Any]:
@@ -846,9 +854,7 @@ def evaluate_claims(
             w = {"label_noise": p, "target": CIFAR, "layer": layer}
             pre, cf = q(ctl, model="N_pre", **w), q(ctl, model="N_cf", k=k_ctl, **w)
             rnd = q(ctl, model="random", target=CIFAR, layer=layer)
-            verdict, diff, _ = compare(cf, pre)
-            if verdict != "not yet run":
-                verdict = _guard(verdict, {"N_pre": pre, "N_cf": cf}, rnd)
+            verdict = _judged(cf, pre, ("N_cf", "N_pre"), rnd)
             out.append(
                 _claim(
                     "C2",
@@ -868,9 +874,7 @@ def evaluate_claims(
                 w = {"label_noise": p, "target": target, "layer": layer}
                 pre, cf = q(lng, model="N_pre", **w), q(lng, model="N_cf", k=k_ctl, **w)
                 rnd = q(ctl, model="random", target=target, layer=layer)
-                verdict, _, _ = compare(cf, pre)
-                if verdict != "not yet run":
-                    verdict = _guard(verdict, {"N_pre": pre, "N_cf": cf}, rnd)
+                verdict = _judged(cf, pre, ("N_cf", "N_pre"), rnd)
                 out.append(
                     _claim(
                         "C2L",
@@ -925,9 +929,7 @@ def evaluate_claims(
             w = {"label_noise": p, "target": target, "layer": layer}
             dis, cf = q(ctl, model="distill", **w), q(ctl, model="N_cf", k=k_ctl, **w)
             rnd = q(ctl, model="random", target=target, layer=layer)
-            verdict, _, _ = compare(cf, dis)
-            if verdict != "not yet run":
-                verdict = _guard(verdict, {"distill": dis, "N_cf": cf}, rnd)
+            verdict = _judged(cf, dis, ("N_cf", "distill"), rnd)
             out.append(
                 _claim(
                     "C4",
@@ -946,9 +948,8 @@ def evaluate_claims(
             two, cf = q(ctl, model="N_pre_2x", **w), q(ctl, model="N_cf", k=k_ctl, **w)
             if two.n == 0:
                 continue
-            verdict, _, _ = compare(cf, two)
             rnd = q(ctl, model="random", target=target, layer="res5")
-            verdict = _guard(verdict, {"N_pre 2x": two, "N_cf": cf}, rnd)
+            verdict = _judged(cf, two, ("N_cf", "N_pre 2x"), rnd)
             out.append(
                 _claim(
                     "C5",
@@ -967,9 +968,7 @@ def evaluate_claims(
             rnd5 = q(ss, model="random", layer="res5", **w)
             pre5 = q(ss, model="N_pre", layer="res5", **w)
             cf5 = q(ss, model="N_cf", layer="res5", k=k_ss, **w)
-            verdict, _, _ = compare(cf5, pre5)
-            if verdict != "not yet run":
-                verdict = _guard(verdict, {"N_pre": pre5, "N_cf": cf5}, rnd5)
+            verdict = _judged(cf5, pre5, ("N_cf", "N_pre"), rnd5)
             out.append(
                 _claim(
                     "S1",
@@ -1017,9 +1016,8 @@ def evaluate_claims(
         two = q(ss, model="N_pre_2x", objective="jigsaw", target=target, layer="res5")
         if two.n:
             cf = singles["jigsaw"]
-            verdict, _, _ = compare(cf, two)
             rnd = q(ss, model="random", objective="jigsaw", target=target, layer="res5")
-            verdict = _guard(verdict, {"N_pre 2x": two, "N_cf": cf}, rnd)
+            verdict = _judged(cf, two, ("N_cf", "N_pre 2x"), rnd)
             out.append(
                 _claim(
                     "S4",
