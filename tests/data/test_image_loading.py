@@ -253,13 +253,13 @@ def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         _save(root / ("x" if i < 2 else "y") / f"{i}.png", _rgb(i))
     cache = tmp_path / "cache"
     first = load_images(root, cache_dir=cache, progress=False)
-    assert len(list(cache.glob("*.npz"))) == 1
+    assert len(list(cache.glob("*.npy"))) == 1
     assert not list(cache.glob("*.tmp"))
 
     def fail(*args, **kwargs):
         raise AssertionError("decoded again although the cache should have been used")
 
-    monkeypatch.setattr(images_mod, "decode_files", fail)
+    monkeypatch.setattr(images_mod, "decode_into", fail)
     second = load_images(root, cache_dir=cache, progress=False)
     assert torch.equal(first.images, second.images)
     assert first.fingerprint == second.fingerprint and second.labels.tolist() == [0, 0, 1, 1]
@@ -274,27 +274,29 @@ def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     third = load_images(root, cache_dir=cache, progress=False)
     assert np.array_equal(third.images[3].permute(1, 2, 0).numpy(), _rgb(99))
     assert third.fingerprint != first.fingerprint
-    assert len(list(cache.glob("*.npz"))) == 2
+    assert len(list(cache.glob("*.npy"))) == 2
 
 
 def test_cache_env_default_and_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _save(tmp_path / "d" / "a.png", _rgb(0))
     monkeypatch.setenv("CLUSTERFIT_CACHE", str(tmp_path / "c"))
     load_images(tmp_path / "d", progress=False)
-    assert len(list((tmp_path / "c" / "images").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "c" / "images").glob("*.npy"))) == 1
     load_images(tmp_path / "d", progress=False, cache_dir=False, image_size=4)
-    assert len(list((tmp_path / "c" / "images").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "c" / "images").glob("*.npy"))) == 1
 
 
 def test_corrupt_cache_entry_is_ignored(tmp_path: Path) -> None:
     _save(tmp_path / "d" / "a.png", _rgb(0))
     cache = tmp_path / "c"
     first = load_images(tmp_path / "d", cache_dir=cache, progress=False)
-    (entry,) = cache.glob("*.npz")
+    expected = first.images.clone()
+    del first  # its pages map the entry, which is overwritten in place below
+    (entry,) = cache.glob("*.npy")
     entry.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="unreadable image cache"):
         again = load_images(tmp_path / "d", cache_dir=cache, progress=False)
-    assert torch.equal(first.images, again.images)
+    assert torch.equal(expected, again.images)
 
 
 def test_fingerprint_follows_content_not_location(tmp_path: Path) -> None:
@@ -322,13 +324,13 @@ def test_decode_workers_match_in_process(tmp_path: Path) -> None:
 def test_distributed_rank0_fills_cache_first(tmp_path: Path, monkeypatch) -> None:
     _save(tmp_path / "d" / "a.png", _rgb(0))
     log: list[str] = []
-    real_decode = images_mod.decode_files
+    real_decode = images_mod.decode_into
 
     def decode(*args, **kwargs):
         log.append("decode")
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(images_mod, "decode_files", decode)
+    monkeypatch.setattr(images_mod, "decode_into", decode)
     monkeypatch.setattr(images_mod.distributed, "is_distributed", lambda: True)
     monkeypatch.setattr(images_mod.distributed, "barrier", lambda: log.append("barrier"))
     for rank in (0, 1):

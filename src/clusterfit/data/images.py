@@ -1,21 +1,29 @@
-"""Datasets held in memory as one uint8 tensor: :class:`ImageSet` and :func:`load_images`.
+"""Datasets as one uint8 tensor N x C x H x W: :class:`ImageSet` and :func:`load_images`.
 
 ClusterFit (Yan et al., CVPR 2020) touches the same dataset D_cf several times (feature extraction
 with N_pre, k-means, training N_cf on the cluster ids, Sec. 3) and probes on target datasets
-(Sec. 4); at the sizes this project runs, decoding once and keeping uint8 pixels in memory is both
-the simplest and the fastest shape. Items are addressed by index: row ``i`` of ``images`` is item
-``i`` everywhere (features, assignments, labels).
+(Sec. 4); decoding once and indexing rows of one uint8 tensor is both the simplest and the fastest
+shape. Image folders and CSV lists are decoded into a memory-mapped ``.npy`` (the cache, see
+:mod:`clusterfit.data.cache`), and ``ImageSet.images`` is a tensor *over that map*: indexing a batch
+reads those rows from the page cache, so a process's own (anonymous) memory does not grow with the
+number of images, and the ranks of a ``torchrun`` job share one copy. Items are addressed by index:
+row ``i`` of ``images`` is item ``i`` everywhere (features, assignments, labels).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
+import tempfile
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +31,14 @@ import torch
 from clusterfit import distributed
 from clusterfit.data import cache as _cache
 from clusterfit.data.bundled import is_bundled, load_bundled_arrays
-from clusterfit.data.decode import decode_files, resize_array
+from clusterfit.data.decode import decode_into, resize_array
 from clusterfit.data.filelist import FileList, read_csv
 from clusterfit.data.folders import list_image_folder
 from clusterfit.errors import DataError
+
+#: a set decoded without a cache stays in memory up to this many bytes of pixels, larger ones go
+#: to a memory-mapped temporary file; a subset is copied up to this size, larger ones are views
+SMALL_BYTES = 64 << 20
 
 
 def _sha256(*parts: str | bytes) -> str:
@@ -37,26 +49,144 @@ def _sha256(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy(array)`` sharing its memory (a memmap stays a memmap), without the
+    warning that torch gives for a read-only array (writing into such a tensor is an error of the
+    caller: images are never modified in place here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def scratch_array(shape: tuple[int, int, int, int]) -> np.ndarray:
+    """A writable uint8 array of ``shape`` for a set decoded without a cache.
+
+    In memory up to :data:`SMALL_BYTES`; larger, a memmap of a temporary file (in ``$TMPDIR``),
+    which on POSIX is unlinked at once, so its space is freed when the last mapping of it goes
+    (the :class:`ImageSet` is garbage-collected, or the process ends), elsewhere when the array
+    is garbage-collected.
+    """
+    if math.prod(shape) <= SMALL_BYTES:
+        return np.empty(shape, dtype=np.uint8)
+    fd, name = tempfile.mkstemp(prefix="clusterfit-images-", suffix=".npy")
+    os.close(fd)
+    array = np.lib.format.open_memmap(name, mode="w+", dtype=np.uint8, shape=shape)
+    if os.name == "posix":
+        _unlink(name)
+    else:  # pragma: no cover - an open file cannot be unlinked there
+        weakref.finalize(array, _unlink, name)
+    return array
+
+
+class ImageRows:
+    """Rows ``index`` of a uint8 N x C x H x W tensor, gathered when indexed (a lazy subset).
+
+    What :meth:`ImageSet.subset` gives as ``images`` for a large selection of a large set, so that
+    the pixels are not copied. Supports what the library does with ``ImageSet.images``: ``len``,
+    ``shape``, ``dtype``, ``ndim``, ``device`` and ``rows[key]`` (an int, a slice, an int or bool
+    array / tensor / list, optionally followed by more indices in a tuple), which returns a tensor
+    of the gathered rows. :meth:`tensor` copies the whole selection into one tensor.
+    """
+
+    def __init__(self, base: torch.Tensor, index: np.ndarray) -> None:
+        self.base = base
+        self.index = np.asarray(index, dtype=np.int64).reshape(-1)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), *self.base.shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def dim(self) -> int:
+        return self.base.ndim
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def contiguous(self) -> ImageRows:
+        return self
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            return self.base[int(rows[0]) : int(rows[-1]) + 1]  # a run: a view, no copy
+        return self.base[torch.from_numpy(np.ascontiguousarray(rows))]
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, tuple):
+            head, rest = (key[0], key[1:]) if key else (slice(None), ())
+            rows = self[head]
+            return rows[rest] if isinstance(head, int | np.integer) else rows[(slice(None), *rest)]
+        if isinstance(key, int | np.integer):
+            return self.base[int(self.index[key])]
+        if isinstance(key, slice):
+            return self._gather(self.index[key])
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        return self._gather(self.index[np.asarray(key)].reshape(-1))
+
+    def tensor(self) -> torch.Tensor:
+        """All the rows, copied into one contiguous tensor."""
+        return self.base[torch.from_numpy(self.index)]
+
+    def numpy(self) -> np.ndarray:
+        return self.tensor().numpy()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"ImageRows({len(self)} rows of {tuple(self.base.shape)})"
+
+
 @dataclass(repr=False)
 class ImageSet:
-    """A dataset in memory.
+    """A dataset: uint8 images with labels.
 
-    images: uint8 tensor N x C x H x W (C = 1 or 3), contiguous. Models take
-        ``images.float() / 255`` (see :func:`clusterfit.data.transforms.to_float`).
+    images: uint8 tensor N x C x H x W (C = 1 or 3), C-contiguous; for folders and CSV lists a
+        tensor over a memory map (rows are read when indexed), and for a large subset an
+        :class:`ImageRows` view (index it like a tensor). Models take ``images.float() / 255``
+        (see :func:`clusterfit.data.transforms.to_float`). Never modified in place.
     labels: int64 array (N,), class index, -1 where unknown.
     classes: class names, index = label; empty when unlabelled.
     source: human description of where the items came from.
-    fingerprint: hex digest identifying the content, stable across processes and machines.
+    fingerprint: hex digest identifying the content (and the crop), stable across processes and
+        machines.
+    crop_size: the square size the models see, or None for the whole image: training takes a
+        random resized crop of that size, feature extraction and probes the centre crop
+        (:func:`clusterfit.data.transforms.center_crop`).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | ImageRows
     labels: np.ndarray
     classes: list[str]
     source: str
     fingerprint: str
+    crop_size: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8:
+        if not isinstance(self.images, torch.Tensor | ImageRows) or self.images.dtype != (
+            torch.uint8
+        ):
             raise TypeError("ImageSet.images must be a uint8 torch.Tensor (N x C x H x W)")
         if self.images.ndim != 4 or self.images.shape[1] not in (1, 3):
             raise ValueError(
@@ -64,6 +194,14 @@ class ImageSet:
                 f"{tuple(self.images.shape)}"
             )
         self.images = self.images.contiguous()
+        if self.crop_size is not None:
+            h, w = self.images.shape[2:]
+            if not 1 <= int(self.crop_size) <= min(h, w):
+                raise DataError(
+                    f"crop_size {self.crop_size} does not fit in the {h} x {w} images of "
+                    f"{self.source}; use a crop_size of at most {min(h, w)} or a larger image_size"
+                )
+            self.crop_size = int(self.crop_size)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
@@ -89,7 +227,10 @@ class ImageSet:
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSet:
         """The items at ``indices`` (ints, in the given order, or a boolean mask of length N).
 
-        Classes are kept; the fingerprint is derived from this set's and the indices.
+        Classes and crop size are kept; the fingerprint is derived from this set's and the
+        indices. Pixels are copied only when the selection holds at most :data:`SMALL_BYTES`;
+        a larger one is an :class:`ImageRows` view over this set's images (a tensor view when
+        the indices are one ascending run).
         """
         idx = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
         if idx.dtype == bool:
@@ -100,18 +241,30 @@ class ImageSet:
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"subset indices out of range for {len(self)} items")
         idx = np.where(idx < 0, idx + len(self), idx)
+        base, base_idx = self.images, idx
+        if isinstance(base, ImageRows):
+            base, base_idx = base.base, base.index[idx]
+        rows = ImageRows(base, base_idx)
+        row_bytes = math.prod(self.images.shape[1:])
+        images: torch.Tensor | ImageRows = rows
+        if len(idx) * row_bytes <= SMALL_BYTES:
+            images = rows.tensor()
+        elif len(idx) and (np.diff(base_idx) == 1).all():
+            images = rows[:]  # one ascending run: a view
         return ImageSet(
-            images=self.images[torch.from_numpy(idx)],
+            images=images,
             labels=self.labels[idx],
             classes=list(self.classes),
             source=f"{self.source} [{len(idx)} of {len(self)}]",
             fingerprint=_sha256(self.fingerprint, "subset", idx.tobytes()),
+            crop_size=self.crop_size,
         )
 
     def __repr__(self) -> str:
         n, c, h, w = self.images.shape
+        crop = f", crop {self.crop_size}" if self.crop_size is not None else ""
         return (
-            f"ImageSet({n} x {c} x {h} x {w}, {len(self.classes)} classes, "
+            f"ImageSet({n} x {c} x {h} x {w}{crop}, {len(self.classes)} classes, "
             f"source={self.source!r}, fingerprint={self.fingerprint[:12]})"
         )
 
@@ -160,7 +313,11 @@ def _normalise_size(image_size: int | Sequence[int] | None) -> tuple[int, int] |
 
 
 def _load_bundled(
-    split: str | None, size: tuple[int, int] | None, limit: int | None, seed: int
+    split: str | None,
+    size: tuple[int, int] | None,
+    limit: int | None,
+    seed: int,
+    crop_size: int | None,
 ) -> ImageSet:
     images, labels, classes, digest = load_bundled_arrays(split)
     split = split or "train"
@@ -183,21 +340,49 @@ def _load_bundled(
         labels=labels,
         classes=classes,
         source=desc,
-        fingerprint=fingerprint,
+        fingerprint=_with_crop(fingerprint, crop_size),
+        crop_size=crop_size,
     )
+
+
+def _with_crop(fingerprint: str, crop_size: int | None) -> str:
+    """The fingerprint of a set seen through a crop (unchanged without one)."""
+    return fingerprint if crop_size is None else _sha256(fingerprint, "crop", str(int(crop_size)))
 
 
 def _decode_or_read_cache(
     files: FileList, size: tuple[int, int] | None, cache_dir: Path | None, progress: bool
 ) -> tuple[np.ndarray, str]:
-    """(images N x C x H x W uint8, fingerprint), from the cache when an entry matches."""
+    """(images uint8 N x C x H x W, fingerprint): the cache entry mapped when one matches, else
+    decoded chunk by chunk into a new entry (or, without a cache, :func:`scratch_array`).
+
+    Fingerprint: sha256 over the names, labels, classes, shape and the pixels' sha256, the latter
+    computed chunk by chunk while decoding (never over the whole array at once).
+    """
     key = _cache.cache_key(files, size) if cache_dir is not None else None
+    writer = None
     if key is not None:
-        hit = _cache.load_entry(cache_dir, key)
+        hit = _cache.open_entry(cache_dir, key)
         if hit is not None and len(hit[0]) == len(files.paths):
             return hit[0], hit[1]["fingerprint"]
-    images = decode_files(files.paths, size, progress=progress)
-    pixels = hashlib.sha256(images.tobytes()).hexdigest()
+        try:
+            writer = _cache.EntryWriter(cache_dir, key)
+        except OSError as e:
+            warnings.warn(
+                f"could not write image cache in {cache_dir} ({e}); continuing without it.",
+                stacklevel=3,
+            )
+    try:
+        images, pixels = decode_into(
+            files.paths,
+            size,
+            writer.allocate if writer is not None else scratch_array,
+            progress=progress,
+        )
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     fingerprint = _sha256(
         "files",
         json.dumps(files.names()),
@@ -206,10 +391,15 @@ def _decode_or_read_cache(
         json.dumps(list(images.shape[1:])),
         pixels,
     )
-    if key is not None:
-        _cache.save_entry(
-            cache_dir, key, images, {"fingerprint": fingerprint, "source": files.source}
-        )
+    if writer is not None:
+        try:
+            images, _ = writer.commit({"fingerprint": fingerprint, "source": files.source})
+        except OSError as e:
+            warnings.warn(
+                f"could not write image cache in {cache_dir} ({e}); continuing without it.",
+                stacklevel=3,
+            )
+            writer.abort()
     return images, fingerprint
 
 
@@ -218,12 +408,13 @@ def load_images(
     split: str | None = None,
     *,
     image_size: int | tuple[int, int] | None = None,
+    crop_size: int | None = None,
     limit: int | None = None,
     seed: int = 0,
     cache_dir: str | os.PathLike | bool | None = None,
     progress: bool = True,
 ) -> ImageSet:
-    """Load a dataset into memory as an :class:`ImageSet` (uint8 N x C x H x W).
+    """Load a dataset as an :class:`ImageSet` (uint8 N x C x H x W).
 
     source:
         ``"bundled"`` (alias ``"fashion-mnist-small"``): the packaged Fashion-MNIST subset
@@ -235,19 +426,28 @@ def load_images(
         :mod:`clusterfit.data.filelist`.
     split: for folders the sub-folder to read (it must exist); for CSVs the ``split`` column value.
     image_size: int (square: shorter side resized to it, then centre crop) or (height, width);
-        None keeps the decoded size, which must then be the same for every image.
+        None keeps the decoded size, which must then be the same for every image. This is the
+        size that is decoded and cached.
+    crop_size: the square size the models see (``ImageSet.crop_size``), at most the image size;
+        None = the whole image. Part of the fingerprint when set.
     limit: keep at most this many items, class-balanced (:func:`balanced_indices`), chosen by
         ``seed``, before decoding; the fingerprint reflects the subset.
-    cache_dir: where decoded folders / CSVs are cached (:mod:`clusterfit.data.cache`); None = the
-        default folder, False = no cache. Not used for the bundled set.
+    cache_dir: where decoded folders / CSVs are cached as memory-mapped ``.npy`` files
+        (:mod:`clusterfit.data.cache`); None = the default folder. False = no cache: the set is
+        decoded into memory when its pixels take at most :data:`SMALL_BYTES`, else into a
+        memory-mapped temporary file that is deleted with the set (:func:`scratch_array`).
+        The bundled set (2 MB) is always in memory.
     progress: show a tqdm bar while decoding.
 
     Colour mode: 1 channel (``L``) when every image is greyscale (PIL mode L or 1), else 3 (RGB).
     Fingerprint: bundled — sha256 of the split's arrays, image size and subset; folders / CSVs —
     sha256 of the relative file names, labels, classes, output shape and decoded pixels (so it
     is the same for a copied folder and changes when any image does).
-    Under ``torch.distributed`` rank 0 decodes and fills the cache first; the other ranks then read
-    it.
+    Under ``torch.distributed`` rank 0 decodes and fills the cache first; the other ranks then map
+    the same file.
+    Memory: decoding writes each chunk straight into the memory map, and the returned images are
+    a tensor over it, so the process's own memory does not grow with the number of images (the
+    pixels live in the page cache, shared between processes and reclaimable).
 
     Raises DataError (naming the culprit) for a missing path, an unknown split, a folder or CSV
     without images, a missing or undecodable file, or images of different sizes without
@@ -257,7 +457,7 @@ def load_images(
     if limit is not None and int(limit) < 1:
         raise DataError(f"limit must be a positive number of items, got {limit!r}")
     if is_bundled(source):
-        return _load_bundled(split, size, limit, seed)
+        return _load_bundled(split, size, limit, seed, crop_size)
 
     path = Path(os.path.expanduser(os.fspath(source)))
     if not path.exists():
@@ -310,9 +510,10 @@ def load_images(
     if len(files.paths) < total:
         desc += f" ({len(files.paths)} of {total}, balanced, seed {seed})"
     return ImageSet(
-        images=torch.from_numpy(images),
+        images=as_tensor(images),
         labels=files.labels,
         classes=files.classes,
         source=desc,
-        fingerprint=fingerprint,
+        fingerprint=_with_crop(fingerprint, crop_size),
+        crop_size=crop_size,
     )

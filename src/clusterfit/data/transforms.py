@@ -1,6 +1,6 @@
 """Batched augmentation on tensors.
 
-Datasets live in memory as uint8 N x C x H x W (:class:`clusterfit.data.ImageSet`); training
+Datasets are uint8 N x C x H x W tensors (:class:`clusterfit.data.ImageSet`); training
 takes a batch by slicing and augments the whole batch with a few tensor ops, so the CPU cores go to
 the model rather than to per-image PIL calls. Every random choice is drawn from the
 ``torch.Generator`` passed in, so a batch's augmentation is reproducible from the generator's
@@ -8,7 +8,8 @@ state. Outputs are float in [0, 1]; normalisation happens inside the model.
 
 The augmentations are the standard ones of the training recipes that ClusterFit (Yan et al., CVPR
 2020, Sec. 4) follows for N_pre and N_cf: random crops (padded crops for small images, random
-resized crops for larger ones) and horizontal flips.
+resized crops for larger ones), horizontal flips and optional colour jitter. Evaluation (feature
+extraction, probes) takes the centre crop (:func:`center_crop`) when a crop size is set.
 """
 
 from __future__ import annotations
@@ -26,6 +27,21 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     if images.is_floating_point():
         return images
     raise TypeError(f"expected uint8 or float images, got {images.dtype}")
+
+
+def center_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The central ``size x size`` window of every item: B x C x H x W -> B x C x size x size.
+
+    Any dtype (a view, no copy). ``size`` None returns ``images``. The window starts at
+    ``(H - size) // 2, (W - size) // 2``. Raises ValueError when ``size`` exceeds H or W.
+    """
+    if size is None:
+        return images
+    h, w = images.shape[-2:]
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"centre crop {size} does not fit in {h} x {w} images")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
 
 
 def _draw(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -223,17 +239,63 @@ class RandomResizedCropBatch:
         )
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+class ColorJitterBatch:
+    """Random brightness, contrast and saturation, per item, for a whole batch at once.
+
+    ``strength`` s in [0, 1): each item's brightness, contrast and saturation factors are drawn
+    uniformly from [1 - s, 1 + s] (as ``torchvision.transforms.ColorJitter(s, s, s)``, applied in
+    that fixed order; saturation only for 3 channels). ``jitter(x, generator)``: float
+    B x C x H x W in [0, 1] -> float B x C x H x W in [0, 1].
+    """
+
+    def __init__(self, strength: float) -> None:
+        if not 0.0 <= strength < 1.0:
+            raise ValueError(f"colour jitter strength must be in [0, 1), got {strength}")
+        self.strength = float(strength)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Jitter a float batch B x C x H x W in [0, 1]; returns a new tensor, same shape."""
+        b, c = x.shape[:2]
+        f = 1 + self.strength * (2 * _draw((3, b), generator, x.device) - 1)
+        f = f.to(x.dtype).view(3, b, 1, 1, 1)
+        x = (x * f[0]).clamp_(0, 1)  # brightness
+        mean = _grey(x).mean((1, 2, 3), keepdim=True)
+        x = (mean + f[1] * (x - mean)).clamp_(0, 1)  # contrast: towards the mean grey level
+        if c == 3:
+            grey = _grey(x)
+            x = (grey + f[2] * (x - grey)).clamp_(0, 1)  # saturation: towards the grey image
+        return x
+
+    def __repr__(self) -> str:
+        return f"ColorJitterBatch(strength={self.strength})"
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """B x 1 x H x W luma (ITU-R 601) of B x C x H x W images (C = 1: the image itself)."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def channel_stats(
+    images: torch.Tensor, chunk: int | None = None, chunk_bytes: int = 32 << 20
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of uint8 images, on the [0, 1] scale.
 
-    images: uint8 N x C x H x W. Sums are taken in float64 over chunks of ``chunk`` items, so memory
-    stays small. Returns (mean, std), each a list of C floats; std is the population std.
+    images: uint8 N x C x H x W (a tensor, or anything indexed like one, e.g. a tensor over a
+    memory map or :class:`clusterfit.data.images.ImageRows`). Sums are taken in float64 over
+    chunks of ``chunk`` items (default: about ``chunk_bytes`` of float64 values), so memory stays
+    small whatever N is.
+    Returns (mean, std), each a list of C floats; std is the population std.
     """
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"expected a non-empty N x C x H x W tensor, got {tuple(images.shape)}")
     c = images.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
+    if chunk is None:
+        chunk = max(1, chunk_bytes // (8 * c * images.shape[2] * images.shape[3]))
     for i in range(0, len(images), chunk):
         x = images[i : i + chunk].to("cpu", torch.float64)
         s += x.sum((0, 2, 3))
