@@ -25,11 +25,18 @@ class DataConfig:
 
     ``source`` is ``bundled`` (the packaged Fashion-MNIST subset), an image folder (one
     sub-folder per class, or none for unlabelled images) or a CSV file list (``path[,label]``).
+    ``image_size``: images are resized (shorter side) and centre-cropped to this square size when
+    decoded, and cached at it; null keeps their own size (all must agree). ``crop_size``: the
+    size the models see, at most ``image_size``: training takes a random resized crop + flip
+    (e.g. image_size 256, crop_size 224), extraction and probes the centre crop; null = the whole
+    image, trained with a padded random crop + flip (the CIFAR recipe). Probe targets inherit
+    both unless they set their own.
     """
 
     source: str = "bundled"
     split: str | None = "train"
     image_size: int | None = None
+    crop_size: int | None = None
     limit: int | None = None
 
 
@@ -49,6 +56,7 @@ class TrainConfig:
     augment: bool = True
     crop_padding: int | None = None  # None: image size // 8
     flip: bool = True
+    color_jitter: float = 0.0  # brightness / contrast / saturation strength in [0, 1)
     amp: bool = True  # bfloat16 autocast on GPU; ignored on CPU
 
 
@@ -68,6 +76,7 @@ class FitTrainConfig:
     augment: bool | None = None
     crop_padding: int | None = None
     flip: bool | None = None
+    color_jitter: float | None = None
     amp: bool | None = None
 
 
@@ -128,13 +137,19 @@ class FitConfig:
 
 @dataclass
 class TargetConfig:
-    """A labelled transfer target for the linear probes: a train and a test split."""
+    """A labelled transfer target for the linear probes: a train and a test split.
+
+    ``image_size`` / ``crop_size``: as in :class:`DataConfig`; null (the default) takes the
+    data's value, so the sizes are set once (``data.image_size``, ``data.crop_size``) for D_cf
+    and every target (:func:`resolved_target`).
+    """
 
     name: str = "fashion-mnist-small"
     source: str = "bundled"
     train_split: str = "train"
     test_split: str = "test"
     image_size: int | None = None
+    crop_size: int | None = None
     limit: int | None = None  # at most this many train items (class-balanced)
     test_limit: int | None = None  # at most this many test items (class-balanced)
     # VOC07-style multi-label target: a CSV file list whose ``labels`` column holds the item's
@@ -312,7 +327,15 @@ def validate(cfg: RunConfig) -> None:
         )
     if not 0.0 <= cfg.baselines.alpha <= 1.0 or cfg.baselines.temperature <= 0:
         raise ConfigError("'baselines.alpha' must be in [0, 1] and 'baselines.temperature' > 0")
+    _check_sizes("data", cfg.data.image_size, cfg.data.crop_size)
+    for i, train in enumerate([cfg.pretrain.train, cfg.fit.train]):
+        jitter = train.color_jitter
+        if jitter is not None and not 0.0 <= jitter < 1.0:
+            where = "pretrain" if i == 0 else "fit"
+            raise ConfigError(f"'{where}.train.color_jitter' must be in [0, 1)")
     for i, t in enumerate(cfg.probe.targets):
+        r = resolved_target(cfg, t)
+        _check_sizes(f"probe.targets.{i}", r.image_size, r.crop_size)
         if t.multilabel and (t.limit is not None or t.test_limit is not None):
             raise ConfigError(
                 f"probe.targets.{i}: a multilabel target takes every item; drop limit"
@@ -325,6 +348,27 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("'probe.targets' is empty: name at least one labelled target")
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"'name' must be a plain folder name, got '{cfg.name}'")
+
+
+def _check_sizes(where: str, image_size: int | None, crop_size: int | None) -> None:
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"'{where}.image_size' must be at least 1")
+    if crop_size is not None and crop_size < 1:
+        raise ConfigError(f"'{where}.crop_size' must be at least 1")
+    if image_size is not None and crop_size is not None and crop_size > image_size:
+        raise ConfigError(
+            f"'{where}.crop_size' ({crop_size}) is larger than its image_size ({image_size}); "
+            "the crop is cut from the image"
+        )
+
+
+def resolved_target(cfg: RunConfig, target: TargetConfig) -> TargetConfig:
+    """``target`` with a null ``image_size`` / ``crop_size`` taken from ``cfg.data``."""
+    return dataclasses.replace(
+        target,
+        image_size=cfg.data.image_size if target.image_size is None else target.image_size,
+        crop_size=cfg.data.crop_size if target.crop_size is None else target.crop_size,
+    )
 
 
 def resolved_fit_train(cfg: RunConfig) -> TrainConfig:
