@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from clusterfit.errors import ClusterFitError
+from clusterfit.models.backbone import LayerTrunk
 
 #: Canonical layer names, shallow to deep, as in the paper's probing tables.
 CANONICAL_LAYERS: tuple[str, ...] = ("conv1", "res2", "res3", "res4", "res5")
@@ -364,6 +365,9 @@ class Net(nn.Module):
         x = self._check_input(x, 1)
         if layers == [POOL]:
             return {POOL: self._pooled(x)}
+        if isinstance(self.trunk, LayerTrunk):
+            out = self.trunk.forward_layers(self.prep(x), layers)
+            return {name: out[name] for name in layers}
         # Several names may denote one node (res5 and the trunk output behind pool): ask the
         # extractor for each node once, by the first name that resolves to it.
         query = {name: (None if name == POOL else self._layers[name]) for name in layers}

