@@ -14,14 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clusterfit.cluster.kmeans import (
-    KMeans,
-    _normalise_rows,
-    _RawRows,
-    _Source,
-    _TorchAssigner,
-    _validate,
-)
+from clusterfit.cluster.assign import TorchAssigner
+from clusterfit.cluster.kmeans import KMeans
+from clusterfit.cluster.rows import RawRows, RowSource, normalise_rows, validate_rows
 from clusterfit.errors import ConfigError, DataError
 
 __all__ = ["allocate_clusters", "per_label_kmeans"]
@@ -111,9 +106,9 @@ def per_label_kmeans(
     if not isinstance(kmeans_kwargs.get("init", "random"), str):
         raise ConfigError("per_label_kmeans takes init='random' or 'k-means++', not an array")
     spherical = bool(kmeans_kwargs.get("spherical", False))
-    rows = _RawRows(X)
+    rows = RawRows(X)
     cpu = torch.device("cpu")
-    _validate(_Source.of_rows(rows, 0, rows.n, 16384, cpu), 0, spherical, cpu)
+    validate_rows(RowSource.of_rows(rows, 0, rows.n, 16384, cpu), 0, spherical, cpu)
     lab = np.asarray(labels).reshape(-1)
     if lab.dtype.kind not in "iu":
         raise DataError(f"labels must be integers, got dtype {lab.dtype}")
@@ -138,7 +133,7 @@ def per_label_kmeans(
         xl = rows.take(idx)
         kl = int(k_per[j])
         if kl == len(idx):  # one cluster per item
-            cent = _normalise_rows(xl) if spherical else xl
+            cent = normalise_rows(xl) if spherical else xl
             assignments[idx] = offsets[j] + np.arange(kl)
             centroids.append(cent.cpu().numpy().astype(np.float32))
             inertia.append(0.0)
@@ -152,13 +147,13 @@ def per_label_kmeans(
 
     unknown = np.nonzero(lab < 0)[0]
     if len(unknown):
-        assigner = _TorchAssigner(spherical)
+        assigner = TorchAssigner(spherical)
         assigner.set_centroids(torch.from_numpy(all_centroids))
         for a in range(0, len(unknown), 16384):
             part = unknown[a : a + 16384]
             x = rows.take(part).cpu()
             if spherical:
-                x = _normalise_rows(x)
+                x = normalise_rows(x)
             assignments[part] = assigner.assign(x)[0].numpy()
     info = {
         "labels": values.tolist(),

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clusterfit.cluster.kmeans import _normalise_rows, _RawRows, _Source, _TorchAssigner, _validate
+from clusterfit.cluster.assign import TorchAssigner
+from clusterfit.cluster.rows import RawRows, RowSource, normalise_rows, validate_rows
 from clusterfit.errors import DataError
 
 __all__ = ["prototype_clusters"]
@@ -29,7 +30,7 @@ def prototype_clusters(
     Returns (assignments N int64, centroids L x D float32) where centroid j is the mean of label
     ``np.unique(labels[labels >= 0])[j]`` -- so cluster id == label when the labels are 0..L-1.
     """
-    rows = _RawRows(X)
+    rows = RawRows(X)
     lab = np.asarray(labels).reshape(-1)
     if lab.dtype.kind not in "iu":
         raise DataError(f"labels must be integers, got dtype {lab.dtype}")
@@ -44,10 +45,10 @@ def prototype_clusters(
     n_proto = len(values)
 
     cpu = torch.device("cpu")
-    src = _Source.of_rows(rows, 0, rows.n, chunk_size, cpu)
-    _validate(src, 0, spherical, cpu)
+    src = RowSource.of_rows(rows, 0, rows.n, chunk_size, cpu)
+    validate_rows(src, 0, spherical, cpu)
     if spherical:
-        src.transform = _normalise_rows
+        src.transform = normalise_rows
     sums = torch.zeros((n_proto, rows.d), dtype=torch.float64)
     for a, x in src.chunks():
         g = torch.from_numpy(group[a : a + x.shape[0]])
@@ -56,10 +57,10 @@ def prototype_clusters(
     counts = torch.from_numpy(np.bincount(index, minlength=n_proto)).double()
     centroids = sums / counts[:, None]
     if spherical:
-        centroids = _normalise_rows(centroids)
+        centroids = normalise_rows(centroids)
     centroids = centroids.float()
 
-    assigner = _TorchAssigner(spherical)
+    assigner = TorchAssigner(spherical)
     assigner.set_centroids(centroids)
     assignments = np.empty(rows.n, dtype=np.int64)
     for a, x in src.chunks():

@@ -1,0 +1,426 @@
+"""Nearest-centroid assignment for k-means: the step that costs (ClusterFit §3 clustering step).
+
+Every backend answers, for a chunk of rows x (B x D float32) and centroids C (K x D), the label
+``argmin_k ||x - c_k||²`` (``argmax_k x·c_k`` for spherical k-means) and the distance to it, and
+adds the chunk into the per-cluster sums and counts of a Lloyd pass (:meth:`Assigner.accumulate`).
+The distance of plain k-means is ``max(||x||² - 2 x·c + ||c||², 0)``; of spherical k-means
+``1 - x·c``. Ties go to the lowest centroid index.
+
+* :class:`FusedAssigner` (``backend="fused"``, the default on CPU): cache-blocked, as
+  scikit-learn's Lloyd. The rows are cut into tasks of 256-1024 rows (so that the task's B x K
+  block of inner products stays in the core's cache); each of ``torch.get_num_threads()`` worker
+  threads takes the next task, computes ``-2 C xᵀ`` with a single-threaded BLAS GEMM into its
+  own reused buffer, and a compiled numba kernel then takes the argmin column by column (a
+  vectorised compare-and-select over the B rows), the distances, the counts and the centroid
+  sums (float64, per thread) while that block is still in cache. No N x K matrix exists.
+* :class:`TorchAssigner` (``backend="torch"``, GPU and torch.distributed): ``addmm`` into a
+  reused block of rows x K scores (4 MiB on CPU, 128 MiB on GPU) and ``max`` into preallocated
+  outputs, block by block; centroid sums by ``index_add_`` on the device.
+* :class:`FaissAssigner` (``backend="faiss"``): a flat faiss index (``IndexFlatL2`` /
+  ``IndexFlatIP``; faiss-gpu on a CUDA device), exact search with k=1.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Assigner",
+    "FaissAssigner",
+    "FusedAssigner",
+    "TorchAssigner",
+    "chunk_sums",
+    "faiss_available",
+    "faiss_has_gpu",
+    "fused_task_rows",
+    "import_faiss",
+    "numba_available",
+]
+
+_GPU_BLOCK_ELEMS = 1 << 25  # rows x K scores per block of the torch assignment on GPU (128 MiB)
+_CPU_BLOCK_ELEMS = 1 << 20  # ... and on CPU (4 MiB: stays in the last-level cache)
+
+
+def import_faiss() -> Any:
+    """The ``faiss`` module, or None when it cannot be imported."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def faiss_available() -> bool:
+    """True when the ``faiss`` module (faiss-cpu or faiss-gpu) can be imported."""
+    return import_faiss() is not None
+
+
+def faiss_has_gpu(faiss: Any) -> bool:
+    """True when ``faiss`` is a GPU build and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@functools.cache
+def numba_available() -> bool:
+    """True when numba (the compiler of the fused CPU kernel) can be imported."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chunk_sums(lab: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows of x (B x D float32) by label (B ints): K x D float32.
+
+    A sparse (K x B, one 1 per column) @ x product: one streaming pass over x, single-threaded.
+    """
+    import scipy.sparse
+
+    b = len(lab)
+    onehot = scipy.sparse.csr_matrix(
+        (np.ones(b, dtype=np.float32), lab, np.arange(b + 1)), shape=(b, k)
+    )
+    return np.asarray(onehot.T @ x)
+
+
+class Assigner:
+    """Interface of the assignment backends (see the module docstring).
+
+    ``set_centroids(C)`` once per Lloyd iteration (C: K x D float32), then ``assign`` or
+    ``accumulate`` chunk by chunk, bracketed by ``start_pass`` / ``finish_pass``.
+    """
+
+    spherical: bool
+    k: int
+
+    def set_centroids(self, C: torch.Tensor) -> None:
+        """Use the K x D float32 centroids C from now on."""
+        raise NotImplementedError
+
+    def assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: B x D float32 -> (labels B int64, distances B float32)."""
+        raise NotImplementedError
+
+    def start_pass(self, sums: torch.Tensor | None, stats: torch.Tensor) -> None:
+        """A Lloyd pass begins that adds into ``sums`` (K x D float64 or None) and ``stats``
+        (K + 1 float64: counts, then the objective)."""
+
+    def finish_pass(self, sums: torch.Tensor | None, stats: torch.Tensor) -> None:
+        """The pass is over: add whatever is still held per thread into ``sums`` / ``stats``."""
+
+    def accumulate(
+        self, x: torch.Tensor, sums: torch.Tensor | None, stats: torch.Tensor
+    ) -> torch.Tensor:
+        """Assign x (B x D float32) and add it to the pass: each row into ``sums`` (K x D
+        float64, skipped when None) at its label, 1 into ``stats[label]`` and its distance into
+        ``stats[K]``. Returns the labels (B int64, on x's device)."""
+        k = self.k
+        lab, dist = self.assign(x)
+        if stats.device.type == "cpu":
+            lab_np = lab.numpy()
+            st = stats.numpy()
+            if sums is not None:
+                sums.numpy()[...] += chunk_sums(lab_np, x.numpy(), k)
+            st[:k] += np.bincount(lab_np, minlength=k)
+            st[k] += float(dist.numpy().sum(dtype=np.float64))
+            return lab
+        lab = lab.to(stats.device)
+        if sums is not None:
+            part = torch.zeros((k, x.shape[1]), dtype=torch.float32, device=x.device)
+            sums += part.index_add_(0, lab, x)
+        stats[:k] += torch.bincount(lab, minlength=k)
+        stats[k] += dist.to(stats.device).sum(dtype=torch.float64)
+        return lab
+
+
+class TorchAssigner(Assigner):
+    """Nearest centroid by GEMM, block by block into one reused score buffer (CPU or GPU)."""
+
+    def __init__(self, spherical: bool, block_elems: int | None = None) -> None:
+        self.spherical = spherical
+        self.block_elems = block_elems
+        self._buf: torch.Tensor | None = None
+
+    def set_centroids(self, C: torch.Tensor) -> None:
+        """Use the K x D float32 centroids C (on the device the rows will come on)."""
+        self.k = int(C.shape[0])
+        self.ct = C.T.contiguous()
+        self.neg_half_norm = -0.5 * (C * C).sum(1)
+
+    def block_rows(self, device: torch.device) -> int:
+        """Rows per GEMM block: ``block_elems`` (default 2^20 on CPU, 2^25 on GPU) // K."""
+        elems = self.block_elems
+        if elems is None:
+            elems = _CPU_BLOCK_ELEMS if device.type == "cpu" else _GPU_BLOCK_ELEMS
+        return max(1, elems // self.k)
+
+    def _scores(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        buf = self._buf
+        need = rows * self.k
+        if buf is None or buf.numel() < need or buf.device != like.device:
+            buf = self._buf = torch.empty(need, dtype=torch.float32, device=like.device)
+        return buf[:need].view(rows, self.k)
+
+    def assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: B x D float32 -> (labels B int64, distances B float32), on x's device."""
+        n = int(x.shape[0])
+        step = self.block_rows(x.device)
+        labels = torch.empty(n, dtype=torch.int64, device=x.device)
+        best = torch.empty(n, dtype=torch.float32, device=x.device)
+        full = self._scores(min(step, n), x)
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            scores = full if b - a == full.shape[0] else self._scores(b - a, x)
+            if self.spherical:
+                torch.mm(x[a:b], self.ct, out=scores)
+            else:
+                torch.addmm(self.neg_half_norm, x[a:b], self.ct, out=scores)
+            torch.max(scores, 1, out=(best[a:b], labels[a:b]))
+        if self.spherical:
+            return labels, best.neg_().add_(1.0)
+        sq = torch.einsum("ij,ij->i", x, x)
+        return labels, sq.sub_(best, alpha=2.0).clamp_min_(0.0)
+
+
+class FaissAssigner(Assigner):
+    """Nearest centroid from a flat faiss index (exact search, k=1); CPU tensors in and out."""
+
+    def __init__(self, spherical: bool, gpu: bool) -> None:
+        self.faiss = import_faiss()
+        self.spherical = spherical
+        self.gpu = gpu
+        self.index: Any = None
+        self._res: Any = None
+
+    def set_centroids(self, C: torch.Tensor) -> None:
+        """Index the K x D float32 centroids C."""
+        faiss = self.faiss
+        self.k = int(C.shape[0])
+        d = int(C.shape[1])
+        if self.index is None or self.index.d != d:
+            index = faiss.IndexFlatIP(d) if self.spherical else faiss.IndexFlatL2(d)
+            if self.gpu:
+                self._res = faiss.StandardGpuResources()
+                index = faiss.index_cpu_to_gpu(self._res, 0, index)
+            self.index = index
+        self.index.reset()
+        self.index.add(np.ascontiguousarray(C.cpu().numpy(), dtype=np.float32))
+
+    def assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: B x D float32 (CPU) -> (labels B int64, distances B float32)."""
+        xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        dist, idx = self.index.search(xn, 1)
+        dist = dist.reshape(-1)
+        dist = 1.0 - dist if self.spherical else np.maximum(dist, 0.0)
+        return torch.from_numpy(idx.reshape(-1)), torch.from_numpy(dist)
+
+
+# --------------------------------------------------------------------------------------------
+# The fused CPU path
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _kernel() -> Callable[..., float]:
+    """The numba kernel (compiled on first use, cached on disk)."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def scan(g, x, cn, spherical, count, add_rows, labels, dists, sums, counts, best):  # type: ignore[no-untyped-def]
+        # g: K x B, g[j, i] = -2 x_i·c_j (plain) or -x_i·c_j (spherical); cn: K (||c||² or 0).
+        k, b = g.shape
+        d = x.shape[1]
+        c0 = cn[0]
+        for i in range(b):
+            best[i] = c0 + g[0, i]
+            labels[i] = 0
+        for j in range(1, k):
+            c = cn[j]
+            for i in range(b):
+                v = c + g[j, i]
+                if v < best[i]:
+                    best[i] = v
+                    labels[i] = j
+        obj = 0.0
+        for i in range(b):
+            if spherical:
+                dist = np.float32(1.0) + best[i]
+            else:
+                xx = np.float32(0.0)
+                for t in range(d):
+                    xx += x[i, t] * x[i, t]
+                dist = max(xx + best[i], np.float32(0.0))
+            dists[i] = dist
+            obj += dist
+            lab = labels[i]
+            if count:
+                counts[lab] += 1
+            if add_rows:
+                for t in range(d):
+                    sums[lab, t] += x[i, t]
+        return obj
+
+    return scan  # type: ignore[no-any-return]
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(n_threads: int) -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        pool = _POOLS.get(n_threads)
+        if pool is None:
+            pool = _POOLS[n_threads] = ThreadPoolExecutor(n_threads, "kmeans-assign")
+        return pool
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def fused_task_rows(k: int) -> int:
+    """Rows per task of the fused assignment: the power of two nearest 2^19 / K, in [256, 1024]
+    (a 2 MiB or smaller block of scores; at least 256 rows to amortise packing the centroids)."""
+    target = (1 << 19) // max(k, 1)
+    rows = 1 << (target.bit_length() - 1) if target > 0 else 1
+    return int(min(1024, max(256, rows)))
+
+
+class FusedAssigner(Assigner):
+    """Cache-blocked, multi-threaded assignment fused with the centroid update (CPU, numba).
+
+    ``n_threads`` workers (default ``torch.get_num_threads()``) take tasks of
+    :func:`fused_task_rows` rows in turn; each owns its GEMM buffer, its per-cluster sums
+    (float64, K x D) and counts; BLAS runs single-threaded inside the tasks. Sums of worker 0 go
+    straight into the pass's ``sums``; the others are added in :meth:`finish_pass`.
+    """
+
+    def __init__(
+        self, spherical: bool, n_threads: int | None = None, task_rows: int | None = None
+    ) -> None:
+        self.spherical = spherical
+        self.n_threads = n_threads
+        self.task_rows = task_rows
+        self._kernel = _kernel()
+        self._bufs: list[np.ndarray] = []
+        self._parts: list[tuple[np.ndarray, np.ndarray, list[float]]] = []
+
+    def set_centroids(self, C: torch.Tensor) -> None:
+        """Use the K x D float32 centroids C (CPU)."""
+        c = np.asarray(C.detach().cpu().numpy(), dtype=np.float32)
+        self.k, self.d = int(c.shape[0]), int(c.shape[1])
+        if self.spherical:
+            self._cs = np.ascontiguousarray(-c)
+            self._cn = np.zeros(self.k, dtype=np.float32)
+        else:
+            self._cs = np.ascontiguousarray(-2.0 * c, dtype=np.float32)
+            self._cn = np.einsum("ij,ij->i", c, c, dtype=np.float32)
+        self._rows = self.task_rows or fused_task_rows(self.k)
+
+    def _threads(self) -> int:
+        return max(1, int(self.n_threads or torch.get_num_threads()))
+
+    def start_pass(self, sums: torch.Tensor | None, stats: torch.Tensor) -> None:
+        """Zero the per-thread sums and counts of workers 1.. (worker 0 adds into ``sums``)."""
+        del stats
+        n = self._threads()
+        self._parts = []
+        for _ in range(n - 1):
+            s = np.zeros((self.k, self.d) if sums is not None else (0, self.d))
+            self._parts.append((s, np.zeros(self.k, dtype=np.int64), [0.0]))
+
+    def finish_pass(self, sums: torch.Tensor | None, stats: torch.Tensor) -> None:
+        """Add the sums, counts and objective held by workers 1.. into the pass."""
+        st = stats.numpy()
+        for s, c, obj in self._parts:
+            if sums is not None:
+                sums.numpy()[...] += s
+            st[: self.k] += c
+            st[self.k] += obj[0]
+        self._parts = []
+
+    def assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: B x D float32 (CPU) -> (labels B int64, distances B float32)."""
+        labels, dists, _ = self._run(x, None, None)
+        return torch.from_numpy(labels), torch.from_numpy(dists)
+
+    def accumulate(
+        self, x: torch.Tensor, sums: torch.Tensor | None, stats: torch.Tensor
+    ) -> torch.Tensor:
+        """See :meth:`Assigner.accumulate` (CPU tensors)."""
+        labels, _, _ = self._run(x, sums, stats)
+        return torch.from_numpy(labels)
+
+    def _run(
+        self, x: torch.Tensor, sums: torch.Tensor | None, stats: torch.Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
+        n, k, rows = int(xn.shape[0]), self.k, self._rows
+        labels = np.empty(n, dtype=np.int64)
+        dists = np.empty(n, dtype=np.float32)
+        accumulate = stats is not None
+        n_tasks = -(-n // rows)
+        n_threads = min(self._threads(), n_tasks)
+        while len(self._bufs) < n_threads:
+            self._bufs.append(np.empty(0, dtype=np.float32))
+        for t in range(n_threads):
+            if self._bufs[t].size < rows * k:
+                self._bufs[t] = np.empty(rows * k, dtype=np.float32)
+        st0 = stats.numpy() if stats is not None else None
+        if accumulate:
+            while len(self._parts) < n_threads - 1:
+                s = np.zeros((self.k, self.d) if sums is not None else (0, self.d))
+                self._parts.append((s, np.zeros(self.k, dtype=np.int64), [0.0]))
+        own: list[tuple[np.ndarray, np.ndarray, list[float]]] = []
+        for t in range(n_threads):
+            if t == 0 or not accumulate:
+                s = sums.numpy() if (sums is not None and t == 0) else np.zeros((0, self.d))
+                own.append((s, np.zeros(k, dtype=np.int64), [0.0]))
+            else:
+                own.append(self._parts[t - 1])
+        tasks = itertools.count()
+        kernel, cs, cn, spherical = self._kernel, self._cs, self._cn, self.spherical
+
+        def work(t: int) -> None:
+            buf = self._bufs[t]
+            s, c, obj = own[t]
+            add_rows = accumulate and s.shape[0] > 0
+            best = np.empty(rows, dtype=np.float32)
+            while True:
+                i = next(tasks)
+                if i >= n_tasks:
+                    return
+                a = i * rows
+                b = min(a + rows, n)
+                xb = xn[a:b]
+                g = buf[: k * (b - a)].reshape(k, b - a)
+                np.matmul(cs, xb.T, out=g)
+                obj[0] += kernel(
+                    g, xb, cn, spherical, accumulate, add_rows, labels[a:b], dists[a:b], s, c, best
+                )
+
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            if n_threads == 1:
+                work(0)
+            else:
+                list(_pool(n_threads).map(work, range(n_threads)))
+        total = 0.0
+        for t, (_, c, obj) in enumerate(own):
+            if st0 is not None and (t == 0 or not accumulate):
+                st0[:k] += c
+                st0[k] += obj[0]
+            total += obj[0]
+        return labels, dists, total

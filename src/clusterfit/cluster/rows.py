@@ -1,0 +1,400 @@
+"""Row access for k-means: numpy, memmap, tensor or ``.npy`` rows, read in chunks (ClusterFit §3).
+
+The paper clusters 200M items and refines on all of them (§3); here the rows of X are never
+converted as a whole. :class:`RawRows` reads any N x D float input chunk by chunk as float32
+tensors; a whole ``.npy`` memmap (as ``np.load(path, mmap_mode="r")`` returns) is read with
+``pread`` into fresh buffers, so the file's pages never count in the resident set, and other
+memmaps (views) are read through the mapping and their pages released after each chunk.
+:class:`RowSource` is the slice of rows one process owns (its shard under torch.distributed),
+mapped into the clustering space (PCA, L2-normalisation); streamed sources read the next chunk in
+a background thread while the current one is assigned. :func:`validate_rows` rejects non-finite
+(and, for spherical k-means, all-zero) rows on every rank; :func:`gather_rows` assembles chosen
+rows (initial centroids) on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import mmap
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clusterfit import distributed as cfdist
+from clusterfit.errors import DataError
+
+__all__ = [
+    "PREFETCH_CHUNKS",
+    "RawRows",
+    "RowSource",
+    "bad_rows",
+    "gather_rows",
+    "normalise_rows",
+    "validate_rows",
+]
+
+_TAKE_WINDOW_BYTES = 32 << 20  # span of a memmap mapped at once while gathering a subsample
+PREFETCH_CHUNKS = 1
+"""Chunks a streamed :class:`RowSource` reads ahead of the one being computed on."""
+
+
+class RawRows:
+    """Read access to the rows of X, as float32 tensors, without converting X as a whole."""
+
+    def __init__(self, X: Any, what: str = "X") -> None:
+        if isinstance(X, (str, Path)):
+            try:
+                X = np.load(X, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                raise DataError(f"{what}: cannot read {X!s} as a .npy array ({err})") from err
+        if isinstance(X, torch.Tensor):
+            if not X.is_floating_point():
+                raise DataError(
+                    f"{what} has dtype {X.dtype}; k-means needs floating-point features "
+                    "(convert with .float())"
+                )
+            data: Any = X.detach()
+            self.device = X.device
+        else:
+            if not isinstance(X, np.ndarray):
+                try:
+                    X = np.asarray(X)
+                except (TypeError, ValueError) as err:
+                    raise DataError(f"{what} is not an array ({type(X).__name__}): {err}") from err
+            if X.dtype.kind != "f":
+                raise DataError(
+                    f"{what} has dtype {X.dtype}; k-means needs floating-point features "
+                    "(e.g. X.astype(np.float32))"
+                )
+            data = X
+            self.device = torch.device("cpu")
+        if data.ndim != 2:
+            raise DataError(
+                f"{what} must be 2-D (N rows x D features); got shape {tuple(data.shape)}"
+            )
+        if data.shape[0] == 0 or data.shape[1] == 0:
+            raise DataError(f"{what} is empty (shape {tuple(data.shape)})")
+        self.data = data
+        self.n, self.d = int(data.shape[0]), int(data.shape[1])
+        self.is_tensor = isinstance(data, torch.Tensor)
+        self.streamed = isinstance(data, np.memmap)
+        # A whole .npy memmap (as np.load(mmap_mode="r") returns) is read with pread() into
+        # fresh buffers: no page faults, and the file's pages never count in our resident set.
+        self._fd: int | None = None
+        if (
+            self.streamed
+            and isinstance(data.base, mmap.mmap)
+            and data.flags.c_contiguous
+            and getattr(data, "mode", None) in ("r", "r+", "w+")
+            and getattr(data, "filename", None)
+        ):
+            try:
+                self._fd = os.open(data.filename, os.O_RDONLY)
+            except OSError:
+                self._fd = None
+            else:
+                weakref.finalize(self, os.close, self._fd)
+                self._file_offset = int(data.offset)
+                self._row_bytes = self.d * data.dtype.itemsize
+        # Whether read() returns views of X rather than copies.
+        if self.is_tensor:
+            self.zero_copy = data.dtype == torch.float32 and data.is_contiguous()
+        else:
+            self.zero_copy = (
+                not self.streamed
+                and data.dtype == np.float32
+                and data.flags.c_contiguous
+                and data.flags.writeable
+            )
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as a float32 tensor ((stop - start) x D) on X's device."""
+        if self._fd is not None:
+            return torch.from_numpy(_as_float32(self._pread(start, stop)))
+        x = self.data[start:stop]
+        if self.is_tensor:
+            return x.float().contiguous()
+        if self.streamed or not x.flags.writeable:
+            out = torch.from_numpy(np.array(x, dtype=np.float32, order="C"))
+            self._release()
+            return out
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        """Rows ``idx`` (int array, best sorted for memmaps) as a float32 len(idx) x D tensor."""
+        if self.is_tensor:
+            return self.data[torch.as_tensor(idx, device=self.data.device)].float()
+        if not self.streamed:
+            return torch.from_numpy(np.array(self.data[idx], dtype=np.float32, order="C"))
+        # memmap: gather window by window (_TAKE_WINDOW_BYTES of the file each), releasing the
+        # pages after each, so that a sample spread over the whole file never maps all of it
+        idx = np.asarray(idx, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        out = np.empty((len(idx), self.d), dtype=np.float32)
+        window = max(1, _TAKE_WINDOW_BYTES // (self.d * self.data.dtype.itemsize))
+        edges = np.searchsorted(ordered, np.arange(0, self.n + window, window))
+        for a, b in itertools.pairwise(edges.tolist()):
+            if b > a:
+                if self._fd is not None:
+                    lo, hi = int(ordered[a]), int(ordered[b - 1]) + 1
+                    out[order[a:b]] = self._pread(lo, hi)[ordered[a:b] - lo]
+                else:
+                    out[order[a:b]] = self.data[ordered[a:b]]
+                    self._release()
+        return torch.from_numpy(out)
+
+    def _pread(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) read from the memmap's file into a new array of X's dtype."""
+        assert self._fd is not None
+        out = np.empty((stop - start, self.d), dtype=self.data.dtype)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        pos = self._file_offset + start * self._row_bytes
+        done = 0
+        while done < len(buf):
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._fd, [buf[done:]], pos + done)
+            else:  # pragma: no cover - platforms without preadv
+                chunk = os.pread(self._fd, len(buf) - done, pos + done)
+                got = len(chunk)
+                buf[done : done + got] = chunk
+            if got <= 0:
+                raise DataError(f"{self.data.filename}: the file ends early (truncated?)")
+            done += got
+        return out
+
+    def _release(self) -> None:
+        """Drop the memmap's pages from this process once copied (they stay in the OS page
+        cache), so that streaming over a file larger than memory keeps the resident set flat.
+        Only for read-only maps (``mode="r"``), where nothing can be lost."""
+        mapping = getattr(self.data, "_mmap", None)
+        if (
+            mapping is not None
+            and getattr(self.data, "mode", None) == "r"
+            and hasattr(mapping, "madvise")
+            and hasattr(mmap, "MADV_DONTNEED")
+        ):
+            with contextlib.suppress(OSError, ValueError):
+                mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.float32 and x.dtype.isnative else x.astype(np.float32)
+
+
+def _prefetched(
+    starts: range, read: Callable[[int], torch.Tensor], device: torch.device
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, read(start)) for each start, read by a background thread ahead of the consumer.
+
+    The reader blocks once :data:`PREFETCH_CHUNKS` chunks wait; an error in it is raised here;
+    a consumer that stops early stops the reader.
+    """
+    q: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=PREFETCH_CHUNKS)
+    stop = threading.Event()
+
+    def put(item: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            for a in starts:
+                if not put((a, read(a))):
+                    return
+        except BaseException as err:  # handed to the consumer
+            put((-1, err))
+            return
+        put((-2, None))
+
+    thread = threading.Thread(target=reader, name="kmeans-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            a, item = q.get()
+            if a == -2:
+                return
+            if a == -1:
+                raise item
+            yield a, item.to(device)
+            del item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class RowSource:
+    """``n`` rows owned by this process, read in chunks and mapped into the clustering space."""
+
+    def __init__(
+        self,
+        read: Callable[[int, int], torch.Tensor],
+        take: Callable[[np.ndarray], torch.Tensor],
+        n: int,
+        *,
+        chunk_size: int,
+        device: torch.device,
+        in_memory: bool,
+        zero_copy: bool,
+        prefetch: bool = False,
+    ) -> None:
+        self._read, self._take = read, take
+        self.n, self.chunk_size, self.device = n, chunk_size, device
+        self.in_memory, self.zero_copy = in_memory, zero_copy
+        self.prefetch = prefetch
+        self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def of_rows(
+        cls, rows: RawRows, start: int, n: int, chunk_size: int, device: torch.device
+    ) -> RowSource:
+        return cls(
+            lambda a, b: rows.read(start + a, start + b),
+            lambda idx: rows.take(np.asarray(idx, dtype=np.int64) + start),
+            n,
+            chunk_size=chunk_size,
+            device=device,
+            in_memory=not rows.streamed,
+            zero_copy=rows.zero_copy and rows.device == device,
+            prefetch=rows.streamed,
+        )
+
+    @classmethod
+    def of_tensor(cls, t: torch.Tensor, chunk_size: int) -> RowSource:
+        return cls(
+            lambda a, b: t[a:b],
+            lambda idx: t[torch.as_tensor(idx, device=t.device)],
+            int(t.shape[0]),
+            chunk_size=chunk_size,
+            device=t.device,
+            in_memory=True,
+            zero_copy=True,
+        )
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return self.transform(x) if self.transform is not None else x
+
+    def raw_chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(offset, raw rows) for consecutive chunks of ``chunk_size`` rows.
+
+        With ``prefetch`` (rows streamed from a memmap), a reader thread reads the next chunk
+        while the caller computes on the current one; at most :data:`PREFETCH_CHUNKS` chunks
+        wait in between, so memory stays bounded by a few chunks.
+        """
+        starts = range(0, self.n, self.chunk_size)
+        if not self.prefetch or len(starts) < 2:
+            for a in starts:
+                yield a, self._read(a, min(a + self.chunk_size, self.n)).to(self.device)
+            return
+        yield from _prefetched(
+            starts, lambda a: self._read(a, min(a + self.chunk_size, self.n)), self.device
+        )
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(offset, rows in the clustering space) for consecutive chunks."""
+        for a, x in self.raw_chunks():
+            yield a, (self.transform(x) if self.transform is not None else x)
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        """Rows ``idx`` (local indices) in the clustering space."""
+        return self._map(self._take(idx))
+
+    def materialise(self, dim: int) -> None:
+        """Keep the mapped rows in memory (once), unless they already are views of X."""
+        if self.zero_copy and self.transform is None:
+            return
+        out = torch.empty((self.n, dim), dtype=torch.float32, device=self.device)
+        for a, x in self.chunks():
+            out[a : a + x.shape[0]] = x
+        self._read = lambda a, b: out[a:b]
+        self._take = lambda idx: out[torch.as_tensor(idx, device=out.device)]
+        self.transform, self.zero_copy = None, True
+
+
+def normalise_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows of x (B x D) divided by their L2 norm (at least 1e-12): B x D."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def validate_rows(src: RowSource, start: int, spherical: bool, device: torch.device) -> None:
+    """Raise DataError (on every rank) if any row is non-finite, or all-zero when spherical."""
+    n_bad = torch.zeros(2, dtype=torch.float64, device=device)
+    first = torch.full((2, 5), -1, dtype=torch.int64, device=device)
+    for a, x in src.raw_chunks():
+        for j, bad in enumerate(bad_rows(x, spherical)):
+            if len(bad):
+                have = int((first[j] >= 0).sum())
+                if have < 5:
+                    ids = torch.as_tensor(bad[: 5 - have] + (start + a))
+                    first[j, have : have + len(ids)] = ids.to(device)
+                n_bad[j] += len(bad)
+    cfdist.all_reduce_sum(n_bad)
+    firsts = cfdist.all_gather_cat(first.reshape(1, 10)).reshape(-1, 2, 5)
+    problems = []
+    for j, what in enumerate(("NaN or inf values", "all-zero values (spherical k-means)")):
+        if n_bad[j] > 0:
+            ids = firsts[:, j].flatten()
+            ids = sorted(int(i) for i in ids if i >= 0)[:5]
+            problems.append(f"{int(n_bad[j])} rows with {what}, e.g. rows {ids}")
+    if problems:
+        hint = (
+            "remove or fix these rows"
+            if n_bad[1] == 0
+            else "remove these rows (they have no direction) or use spherical=False"
+        )
+        raise DataError("X has " + "; ".join(problems) + f": {hint}")
+
+
+def bad_rows(x: torch.Tensor, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Local indices of the rows of x with NaN / inf values, and (spherical) of all-zero rows.
+
+    One pass computes the squared row norms; only rows whose norm is non-finite (or zero) are
+    checked element by element (a huge finite row can overflow the norm, a tiny one underflow).
+    """
+    if x.device.type == "cpu":
+        xn = x.numpy()
+        sq = np.einsum("ij,ij->i", xn, xn)
+        cand = np.nonzero(~np.isfinite(sq))[0]
+        nonfinite = cand[~np.isfinite(xn[cand]).all(1)]
+        zero = np.zeros(0, dtype=np.int64)
+        if spherical:
+            cand = np.nonzero(sq == 0)[0]
+            zero = cand[(xn[cand] == 0).all(1)]
+        return nonfinite, zero
+    sq = (x * x).sum(1)
+    cand = torch.nonzero(~torch.isfinite(sq))[:, 0]
+    nonfinite = cand[~torch.isfinite(x[cand]).all(1)].cpu().numpy()
+    zero = np.zeros(0, dtype=np.int64)
+    if spherical:
+        cand = torch.nonzero(sq == 0)[:, 0]
+        zero = cand[(x[cand] == 0).all(1)].cpu().numpy()
+    return nonfinite, zero
+
+
+def gather_rows(
+    src: RowSource, start: int, chosen: np.ndarray, dim: int, device: torch.device
+) -> torch.Tensor:
+    """Rows ``chosen`` (global training indices, in that order) on every rank: each rank fills in
+    the rows it owns, and a sum over ranks assembles them. Returns len(chosen) x dim float32."""
+    buf = torch.zeros((len(chosen), dim), dtype=torch.float32, device=device)
+    local = chosen - start
+    mine = np.nonzero((local >= 0) & (local < src.n))[0]
+    if len(mine):
+        order = np.argsort(local[mine])
+        rows = src.take(local[mine][order])
+        buf[torch.as_tensor(mine[order], device=device)] = rows.to(device)
+    return cfdist.all_reduce_sum(buf)
