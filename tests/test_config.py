@@ -29,7 +29,18 @@ def test_overrides_are_typed_and_merged() -> None:
     cfg = load_config(overrides=["cluster.k=7", "pretrain.arch_kwargs.width=32", "seed=3"])
     assert cfg.cluster.k == 7
     assert cfg.seed == 3
-    assert cfg.pretrain.arch_kwargs == {"depth": 10, "width": 32}
+    assert cfg.pretrain.arch_kwargs == {"width": 32}
+
+
+def test_arch_kwargs_mapping_replaces_the_recipes() -> None:
+    recipe = load_config(overrides=["pretrain.arch_kwargs={depth: 18, width: 32}"])
+    assert recipe.pretrain.arch_kwargs == {"depth": 18, "width": 32}
+    cleared = load_config(overrides=["pretrain.arch_kwargs={depth: 18}", "pretrain.arch_kwargs={}"])
+    assert cleared.pretrain.arch_kwargs == {}
+    other = load_config(
+        overrides=["pretrain.arch_kwargs={depth: 18}", "pretrain.arch_kwargs={width: 8}"]
+    )
+    assert other.pretrain.arch_kwargs == {"width": 8}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ The bare defaults are the demo recipe (``configs/demo.yaml`` spells them out).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,12 @@ class PretrainConfig:
 
     objective: str = "supervised"
     arch: str = "resnet_cifar"
-    arch_kwargs: dict[str, Any] = field(default_factory=lambda: {"depth": 10, "width": 16})
+    # keyword arguments of the architecture; empty = the model's own defaults (resnet_cifar:
+    # depth 10, width 16). ``arch_kwargs={}`` on the command line clears a recipe's.
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    # objective=pretrained: which of the model's weights (a torchvision weights name such as
+    # IMAGENET1K_V1; null = the model's default pre-trained weights)
+    weights: str | None = None
     checkpoint: str | None = None
     label_noise: float = 0.5
     weak_labels: str | None = None
@@ -273,8 +279,10 @@ def load_config(
             )
         try:
             value = OmegaConf.from_dotlist([f"value={raw}"])["value"]
-            # update() rather than merge(): it follows list indices (probe.targets.0.limit=100)
-            OmegaConf.update(cfg, key, value, merge=True)
+            # update() rather than merge(): it follows list indices (probe.targets.0.limit=100).
+            # A mapping given for *arch_kwargs replaces the recipe's rather than adding to it.
+            replace = key.endswith("arch_kwargs") and isinstance(value, DictConfig | dict)
+            OmegaConf.update(cfg, key, value, merge=not replace)
         except OmegaConfBaseException as exc:
             raise _wrap(exc, "command line") from None
     try:
@@ -314,6 +322,18 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"'{where}.label_noise' must be in [0, 1)")
         if p.train.epochs < 1 or p.train.batch_size < 1:
             raise ConfigError(f"'{where}.train.epochs' and '.batch_size' must be at least 1")
+        if p.weights is not None and p.objective != "pretrained":
+            raise ConfigError(
+                f"'{where}.weights' names pre-trained weights, used with "
+                f"{where}.objective=pretrained (the objective is {p.objective})"
+            )
+    for where, lr in (
+        ("pretrain.train.lr", cfg.pretrain.train.lr),
+        ("fit.train.lr", cfg.fit.train.lr),
+        *((f"multitask.{i}.train.lr", m.train.lr) for i, m in enumerate(cfg.multitask)),
+    ):
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"'{where}' must be a finite positive learning rate, got {lr}")
     if cfg.baselines.distill and cfg.pretrain.objective in ("rotnet", "jigsaw"):
         raise ConfigError(
             f"baselines.distill: a {cfg.pretrain.objective} N_pre predicts its pretext labels, "

@@ -1,9 +1,16 @@
 """Networks: one backbone contract (:class:`Net`), a registry of architectures, checkpoints."""
 
+from clusterfit.models.backbone import LAYER_RULE, Backbone, LayerTrunk
 from clusterfit.models.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
-from clusterfit.models.net import CANONICAL_LAYERS, POOL, Net, count_parameters, global_pool
+from clusterfit.models.net import (
+    CANONICAL_LAYERS,
+    POOL,
+    Net,
+    count_parameters,
+    global_pool,
+    recalibrate_batchnorm,
+)
 from clusterfit.models.registry import (
-    Backbone,
     build_from_args,
     create_model,
     from_module,
@@ -14,8 +21,10 @@ from clusterfit.models.resnet_cifar import ResNetCifar
 
 __all__ = [
     "CANONICAL_LAYERS",
+    "LAYER_RULE",
     "POOL",
     "Backbone",
+    "LayerTrunk",
     "Net",
     "ResNetCifar",
     "build_from_args",
@@ -26,6 +35,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_model",
+    "recalibrate_batchnorm",
     "register_model",
     "save_checkpoint",
     "unwrap",

@@ -432,3 +432,37 @@ class Net(nn.Module):
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter elements of ``module`` (only those with requires_grad if asked)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches``, weights untouched.
+
+    The random-init floor of the probes (paper §4: "Random" rows): a freshly initialised
+    network's BatchNorm layers hold mean 0 / variance 1, so in eval mode a deep BatchNorm-heavy
+    network (EfficientNet, MobileNet) passes on activations of exploding or vanishing scale and
+    its deep layers probe at chance. Re-estimated statistics (a cumulative average over all the
+    batches, ``momentum=None``) give the floor a network of the same weights would have after
+    seeing the data. batches: float images B x C x H x W in [0, 1] on the net's device.
+    Returns the number of images seen (0 when the network has no BatchNorm).
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was_training = net.training
+    momenta = [m.momentum for m in norms]
+    net.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        for x in batches:
+            net.forward_features(x) if isinstance(net, Net) else net(x)
+            seen += int(x.shape[0])
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        net.train(was_training)
+    return seen

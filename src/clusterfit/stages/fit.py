@@ -9,6 +9,7 @@ read from the cluster stage, never typed twice. Writes ``fit/checkpoint.pt``, ``
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
 from clusterfit.data import channel_stats
-from clusterfit.models import Net, build_from_args
+from clusterfit.models import Net, build_from_args, load_checkpoint
 from clusterfit.models.registry import MODULE_ARCH
 from clusterfit.stages import cluster
 from clusterfit.stages.context import Context, finish, start, up_to_date
@@ -27,10 +28,16 @@ from clusterfit.train.engine import Trainer
 NAME = "fit"
 
 
-def _arch(ctx: Context) -> tuple[str, dict[str, Any]]:
+def architecture(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """N_cf's (architecture name, keyword arguments): ``fit.arch`` when set, else N_pre's (for a
+    checkpoint N_pre, the architecture recorded in the checkpoint)."""
     f, p = ctx.cfg.fit, ctx.cfg.pretrain
     if f.arch is None and p.objective == "module" and ctx.n_pre is not None:
         return MODULE_ARCH, dict(ctx.n_pre.model_args["arch_kwargs"])
+    if f.arch is None and p.objective == "checkpoint":
+        args = load_checkpoint(Path(p.checkpoint or ""))["model_args"]
+        kwargs = args["arch_kwargs"] if f.arch_kwargs is None else f.arch_kwargs
+        return str(args["arch"]), dict(kwargs)
     if f.arch is None:
         return p.arch, dict(p.arch_kwargs if f.arch_kwargs is None else f.arch_kwargs)
     return f.arch, dict(f.arch_kwargs or {})
@@ -39,7 +46,7 @@ def _arch(ctx: Context) -> tuple[str, dict[str, Any]]:
 def _new_ncf(ctx: Context, heads: list[int]) -> Net:
     """N_cf, freshly initialised: N_pre's architecture (a user module is rebuilt by the
     ``module_factory`` given to ``run_pipeline``) or ``fit.arch``."""
-    arch, kwargs = _arch(ctx)
+    arch, kwargs = architecture(ctx)
     data = ctx.data()
     if arch != MODULE_ARCH:
         return new_network(arch, kwargs, heads, data, ctx.cfg.seed + 1)
@@ -52,7 +59,7 @@ def _new_ncf(ctx: Context, heads: list[int]) -> Net:
 
 def stage(ctx: Context) -> Stage:
     """The fit stage: N_cf's resolved architecture and recipe, the seed, clusterings and data."""
-    arch, kwargs = _arch(ctx)
+    arch, kwargs = architecture(ctx)
     config = {
         "arch": arch,
         "arch_kwargs": kwargs,
@@ -83,7 +90,7 @@ def run(ctx: Context) -> dict[str, Any]:
         targets.append(np.load(clusters.dir / "assignments.npy"))
         heads.append(int(np.load(clusters.dir / "centroids.npy", mmap_mode="r").shape[0]))
     data = ctx.data()
-    arch, _ = _arch(ctx)
+    arch, _ = architecture(ctx)
     net = _new_ncf(ctx, heads)
     train_cfg = resolved_fit_train(cfg)
     resuming = start(st)

@@ -179,7 +179,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         return meta
     if p.objective in ("pretrained", "checkpoint", "module"):
         if p.objective == "pretrained":
-            net = create_model(p.arch, [], pretrained=True, **p.arch_kwargs)
+            net = create_model(p.arch, [], pretrained=True, weights=p.weights, **p.arch_kwargs)
         elif p.objective == "checkpoint":
             net = ctx.load_model(Path(p.checkpoint or ""))
         else:

@@ -1,6 +1,7 @@
 """Stage 5: linear probes on frozen features of several layers, N_pre against N_cf (paper App. D).
 
-For every network (a randomly initialised one of N_pre's architecture as the floor, N_pre, N_cf),
+For every network (a randomly initialised one of N_pre's architecture as the floor, its BatchNorm
+statistics re-estimated on the target's train images with the weights untouched; N_pre; N_cf),
 every target (a labelled train and test split) and every layer of ``probe.layers``: features of the
 target's images, average-pooled to at most ``probe.max_dims`` dimensions (the paper's ~9k), a
 linear classifier trained on the train split (its learning rate chosen on a validation split carved
@@ -22,11 +23,11 @@ import numpy as np
 import torch
 
 from clusterfit.artifacts import Stage, fingerprint, read_json, write_json
-from clusterfit.config import TargetConfig
-from clusterfit.data import ImageSet, load_images
+from clusterfit.config import TargetConfig, resolved_target
+from clusterfit.data import ImageSet, center_crop, load_images, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
-from clusterfit.models import Net, build_from_args
+from clusterfit.models import Net, build_from_args, recalibrate_batchnorm
 from clusterfit.stages import baselines, cluster, fit, pretrain
 from clusterfit.stages.context import Context, finish, start, up_to_date
 from clusterfit.stages.extract import compute_features
@@ -34,6 +35,10 @@ from clusterfit.train.engine import CHECKPOINT
 
 NAME = "probe"
 CELLS = "probe_cells"  # beside probe/, so that a redone probe stage keeps the finished cells
+#: How the random-init floor is made (part of its cells' keys): BatchNorm statistics re-estimated
+#: on up to RANDOM_BN_IMAGES train images of the target (:func:`random_floor`).
+RANDOM_FLOOR = "bn-recalibrated"
+RANDOM_BN_IMAGES = 2048
 MODEL_ORDER = ("random", "N_pre", "N_pre_2", "N_pre_3", "N_pre_2x", "distill", "N_cf")
 
 
@@ -48,7 +53,9 @@ def _models(ctx: Context) -> dict[str, str]:
     """``{model name: fingerprint}`` of the networks to probe."""
     out = {}
     if ctx.cfg.probe.random_baseline:
-        out["random"] = fingerprint({"random_init_of": pretrain.stage(ctx).fingerprint})
+        out["random"] = fingerprint(
+            {"random_init_of": pretrain.stage(ctx).fingerprint, "floor": RANDOM_FLOOR}
+        )
     for task in range(len(ctx.pretrain_configs)):
         out[pretrain.model_name(task)] = pretrain.stage(ctx, task).fingerprint
     out["N_cf"] = fit.stage(ctx).fingerprint
@@ -61,7 +68,7 @@ def stage(ctx: Context) -> Stage:
     """The probe stage: its settings, the targets and the probed networks' fingerprints."""
     config = {
         "probe": _probe_settings(ctx),
-        "targets": [asdict(t) for t in ctx.cfg.probe.targets],
+        "targets": [asdict(resolved_target(ctx.cfg, t)) for t in ctx.cfg.probe.targets],
     }
     return Stage(ctx.run_dir, ctx.folder(NAME), config, _models(ctx))
 
@@ -91,15 +98,37 @@ def _load_net(ctx: Context, name: str) -> Net:
     return build_from_args(net.model_args, ctx.module_factory)
 
 
+def random_floor(ctx: Context, net: Net, train: ImageSet) -> Net:
+    """The random-init network with its BatchNorm statistics re-estimated on (up to
+    :data:`RANDOM_BN_IMAGES` of) the target's train images, the weights untouched."""
+    net = net.to(ctx.device)
+    bs = ctx.cfg.probe.batch_size
+    n = min(len(train), RANDOM_BN_IMAGES)
+    batches = (
+        to_float(center_crop(train.images[lo : min(lo + bs, n)], train.crop_size)).to(ctx.device)
+        for lo in range(0, n, bs)
+    )
+    recalibrate_batchnorm(net, batches)
+    return net.eval()
+
+
 def load_target(
     t: TargetConfig, seed: int, progress: bool
 ) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]:
     """A target's train images and labels, then its test images and labels. Labels are class
-    indices (N), or for a multi-label target an N x C 0/1 matrix from the CSV's ``labels``."""
+    indices (N), or for a multi-label target an N x C 0/1 matrix from the CSV's ``labels``.
+    ``t`` as resolved by :func:`clusterfit.config.resolved_target` (sizes inherited from the
+    data); the images carry ``t.crop_size``, which :func:`compute_features` centre-crops to."""
     out: list[Any] = []
     for split, limit in ((t.train_split, t.limit), (t.test_split, t.test_limit)):
         images = load_images(
-            t.source, split, image_size=t.image_size, limit=limit, seed=seed, progress=progress
+            t.source,
+            split,
+            image_size=t.image_size,
+            crop_size=t.crop_size,
+            limit=limit,
+            seed=seed,
+            progress=progress,
         )
         if t.multilabel:
             labels = read_multilabels(Path(t.source), split)
@@ -258,7 +287,8 @@ def run(ctx: Context) -> dict[str, Any]:
         return meta
     for model in _models(ctx):
         _checkpoint(ctx, model)
-    targets = [(t, load_target(t, cfg.seed, ctx.progress)) for t in cfg.probe.targets]
+    resolved = [resolved_target(cfg, t) for t in cfg.probe.targets]
+    targets = [(t, load_target(t, cfg.seed, ctx.progress)) for t in resolved]
     start(st)
     cells = ctx.run_dir / CELLS
     settings = _probe_settings(ctx)
@@ -271,8 +301,10 @@ def run(ctx: Context) -> dict[str, Any]:
             if path.is_file():
                 records.extend(read_json(path))
                 continue
-            if net is None:
+            if net is None or model == "random":
                 net = _load_net(ctx, model)
+            if model == "random":
+                net = random_floor(ctx, net, train)
             ctx.say(f"{st.name}: {model} on {target.name} ({len(train)} train / {len(test)} test)")
             cell = probe_cell(ctx, net, model, target, train, train_y, test, test_y)
             write_json(path, cell)
