@@ -199,8 +199,10 @@ def _in_memory(shape: tuple[int, int, int, int]) -> np.ndarray:
     return np.empty(shape, dtype=np.uint8)
 
 
-def chunk_for(size: tuple[int, int] | None, chunk: int = CHUNK) -> int:
-    """Files per chunk: ``chunk``, fewer when ``size`` makes a chunk exceed :data:`CHUNK_BYTES`."""
+def chunk_for(size: tuple[int, int] | None, chunk: int | None = None) -> int:
+    """Files per chunk: ``chunk`` (default :data:`CHUNK`), fewer when ``size`` makes a chunk
+    exceed :data:`CHUNK_BYTES`."""
+    chunk = CHUNK if chunk is None else chunk
     if size is None:
         return chunk
     return max(16, min(chunk, CHUNK_BYTES // (3 * size[0] * size[1])))

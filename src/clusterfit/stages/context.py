@@ -95,6 +95,7 @@ class Context:
                 d.source,
                 d.split,
                 image_size=d.image_size,
+                crop_size=d.crop_size,
                 limit=d.limit,
                 seed=self.cfg.seed,
                 progress=self.progress,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from clusterfit import distributed as dist
 from clusterfit.artifacts import Stage
-from clusterfit.data import ImageSet, to_float
+from clusterfit.data import ImageSet, center_crop, to_float
 from clusterfit.models import Net
 from clusterfit.stages import pretrain
 from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
@@ -56,6 +56,8 @@ def compute_features(
 
     ``rows`` restricts the work to a block of items; with ``sink`` each batch's features go to
     ``sink(layer, rows_of_batch, array)`` instead of being returned (for memmaps and resume).
+    Each batch of uint8 B x C x H x W is read from ``images.images``, centre-cropped to
+    ``images.crop_size`` when that is set, and scaled to [0, 1].
     """
     device = torch.device(device)
     net = net.to(device).eval()
@@ -64,7 +66,8 @@ def compute_features(
     bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     for lo in range(rows.start, rows.stop, batch_size):
         block = range(lo, min(lo + batch_size, rows.stop))
-        x = to_float(images.images[block.start : block.stop]).to(device)
+        x = to_float(center_crop(images.images[block.start : block.stop], images.crop_size))
+        x = x.to(device)
         maps = net.intermediates(x, layers)
         for layer in layers:
             feats = pool(maps[layer]).float()
@@ -115,7 +118,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     pre.require("pretrain")
     net = ctx.load_model(pre.dir / CHECKPOINT)
     layer, data = cfg.extract.layer, ctx.data()
-    probe_x = to_float(data.images[:2]).to(ctx.device)
+    probe_x = to_float(center_crop(data.images[:2], data.crop_size)).to(ctx.device)
     with torch.no_grad():
         dim = global_pool(net.to(ctx.device).eval().intermediates(probe_x, [layer])[layer]).shape[1]
     resuming = start(st)

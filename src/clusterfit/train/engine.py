@@ -5,8 +5,12 @@ SGD with momentum and weight decay, cosine or step schedules with linear warm-up
 on GPU, DistributedDataParallel under ``torchrun``, a checkpoint every epoch with exact resume, a
 ``log.jsonl`` row per epoch, TensorBoard scalars and a progress bar.
 
-Data stays in memory as uint8 (``ImageSet.images``, N x C x H x W); each step gathers a batch by
-index and augments it as a tensor, so the cores are spent on the model rather than on decoding.
+Data is one uint8 tensor (``ImageSet.images``, N x C x H x W, usually over the memory-mapped
+decoded cache); each step gathers a batch by index (reading only those rows) and augments it as a
+tensor, so the cores are spent on the model rather than on decoding. Augmentation: with the set's
+``crop_size`` a random resized crop to that size + flip, else a padded random crop + flip at the
+image's own size; then optional colour jitter (``color_jitter``). Without ``augment`` the centre
+crop (or the whole image).
 
 Exact resume: the order of items and the augmentation of epoch ``e`` depend only on
 ``(seed, e, rank)``, the learning rate only on the step, and the checkpoint written at the end of
@@ -32,7 +36,14 @@ from tqdm.auto import tqdm
 
 from clusterfit import distributed as dist
 from clusterfit.config import TrainConfig
-from clusterfit.data import BatchAugment, ImageSet, to_float
+from clusterfit.data import (
+    BatchAugment,
+    ColorJitterBatch,
+    ImageSet,
+    RandomResizedCropBatch,
+    center_crop,
+    to_float,
+)
 from clusterfit.models import Net, load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
@@ -128,9 +139,15 @@ class Trainer:
         self.progress = progress and dist.is_main_process()
         self.desc = desc
         self.checkpoint_extra = checkpoint_extra or {}
-        size = images.images.shape[-1]
-        padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
-        self.augment = BatchAugment(crop_padding=padding, flip=cfg.flip) if cfg.augment else None
+        self.augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+        if cfg.augment and images.crop_size is not None:
+            self.augment = RandomResizedCropBatch(images.crop_size, flip=cfg.flip)
+        elif cfg.augment:
+            size = images.images.shape[-1]
+            padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, size // 8)
+            self.augment = BatchAugment(crop_padding=padding, flip=cfg.flip)
+        jitter = cfg.color_jitter
+        self.jitter = ColorJitterBatch(jitter) if cfg.augment and jitter > 0 else None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -232,7 +249,12 @@ class Trainer:
                 group["lr"] = lr
             local = batch[rank::world]
             x_u8 = self.images.images[local]
-            x = self.augment(x_u8, aug_gen) if self.augment is not None else to_float(x_u8)
+            if self.augment is not None:
+                x = self.augment(x_u8, aug_gen)
+            else:
+                x = to_float(center_crop(x_u8, self.images.crop_size))
+            if self.jitter is not None:
+                x = self.jitter(x, aug_gen)
             targets = [t[local] for t in self.targets]
             if self.make_batch is not None:
                 x, targets = self.make_batch(x, targets, aug_gen)
