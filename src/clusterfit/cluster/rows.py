@@ -115,10 +115,14 @@ class RawRows:
                 and data.flags.writeable
             )
 
-    def read(self, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) as a float32 tensor ((stop - start) x D) on X's device."""
+    def read(self, start: int, stop: int, buf: np.ndarray | None = None) -> torch.Tensor:
+        """Rows [start, stop) as a float32 tensor ((stop - start) x D) on X's device.
+
+        ``buf``: a reusable 1-D array of X's dtype with room for the rows; a whole ``.npy``
+        memmap is then read into it (no fresh pages to fault in), and the tensor is a view of it.
+        """
         if self._fd is not None:
-            return torch.from_numpy(_as_float32(self._pread(start, stop)))
+            return torch.from_numpy(_as_float32(self._pread(start, stop, buf)))
         x = self.data[start:stop]
         if self.is_tensor:
             return x.float().contiguous()
@@ -152,10 +156,23 @@ class RawRows:
                     self._release()
         return torch.from_numpy(out)
 
-    def _pread(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) read from the memmap's file into a new array of X's dtype."""
+    def buffer_maker(self, n_rows: int) -> Callable[[], np.ndarray] | None:
+        """A maker of reusable read buffers for ``n_rows`` rows (see :meth:`read`), or None
+        when reads cannot use one (X is not a whole ``.npy`` memmap)."""
+        if self._fd is None:
+            return None
+        size, dtype = n_rows * self.d, self.data.dtype
+        return lambda: np.empty(size, dtype=dtype)
+
+    def _pread(self, start: int, stop: int, buf: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop) read from the memmap's file into a new array of X's dtype (or into
+        ``buf``, a 1-D array of that dtype with room for them)."""
         assert self._fd is not None
-        out = np.empty((stop - start, self.d), dtype=self.data.dtype)
+        size = (stop - start) * self.d
+        if buf is not None and buf.dtype == self.data.dtype and buf.size >= size:
+            out = buf[:size].reshape(stop - start, self.d)
+        else:
+            out = np.empty((stop - start, self.d), dtype=self.data.dtype)
         buf = memoryview(out.reshape(-1).view(np.uint8))
         pos = self._file_offset + start * self._row_bytes
         done = 0
@@ -191,13 +208,20 @@ def _as_float32(x: np.ndarray) -> np.ndarray:
 
 
 def _prefetched(
-    starts: range, read: Callable[[int], torch.Tensor], device: torch.device
+    starts: range,
+    read: Callable[[int, np.ndarray | None], torch.Tensor],
+    device: torch.device,
+    new_buffer: Callable[[], np.ndarray] | None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, read(start)) for each start, read by a background thread ahead of the consumer.
+    """(start, read(start, buffer)) for each start, read by a background thread ahead of the
+    consumer.
 
     The reader blocks once :data:`PREFETCH_CHUNKS` chunks wait; an error in it is raised here;
-    a consumer that stops early stops the reader.
+    a consumer that stops early stops the reader. With ``new_buffer``, chunks are read into a
+    ring of ``PREFETCH_CHUNKS + 2`` reused buffers, so a chunk is valid until the consumer asks
+    for the next one.
     """
+    ring: list[np.ndarray | None] = [None] * (PREFETCH_CHUNKS + 2)
     q: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=PREFETCH_CHUNKS)
     stop = threading.Event()
 
@@ -212,8 +236,11 @@ def _prefetched(
 
     def reader() -> None:
         try:
-            for a in starts:
-                if not put((a, read(a))):
+            for i, a in enumerate(starts):
+                slot = i % len(ring)
+                if new_buffer is not None and ring[slot] is None:
+                    ring[slot] = new_buffer()
+                if not put((a, read(a, ring[slot]))):
                     return
         except BaseException as err:  # handed to the consumer
             put((-1, err))
@@ -250,11 +277,14 @@ class RowSource:
         in_memory: bool,
         zero_copy: bool,
         prefetch: bool = False,
+        read_into: Callable[[int, int, np.ndarray | None], torch.Tensor] | None = None,
+        new_buffer: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self._read, self._take = read, take
         self.n, self.chunk_size, self.device = n, chunk_size, device
         self.in_memory, self.zero_copy = in_memory, zero_copy
         self.prefetch = prefetch
+        self._read_into, self._new_buffer = read_into, new_buffer
         self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
@@ -270,6 +300,8 @@ class RowSource:
             in_memory=not rows.streamed,
             zero_copy=rows.zero_copy and rows.device == device,
             prefetch=rows.streamed,
+            read_into=lambda a, b, buf: rows.read(start + a, start + b, buf),
+            new_buffer=rows.buffer_maker(chunk_size),
         )
 
     @classmethod
@@ -293,15 +325,26 @@ class RowSource:
 
         With ``prefetch`` (rows streamed from a memmap), a reader thread reads the next chunk
         while the caller computes on the current one; at most :data:`PREFETCH_CHUNKS` chunks
-        wait in between, so memory stays bounded by a few chunks.
+        wait in between, so memory stays bounded by a few chunks. Chunks of a whole ``.npy``
+        memmap are read into a ring of reused buffers: a chunk is valid until the next one is
+        requested (copy it to keep it).
         """
         starts = range(0, self.n, self.chunk_size)
         if not self.prefetch or len(starts) < 2:
             for a in starts:
                 yield a, self._read(a, min(a + self.chunk_size, self.n)).to(self.device)
             return
+        read_into = self._read_into
+        if read_into is None:
+            yield from _prefetched(
+                starts, lambda a, _: self._read(a, min(a + self.chunk_size, self.n)), self.device
+            )
+            return
         yield from _prefetched(
-            starts, lambda a: self._read(a, min(a + self.chunk_size, self.n)), self.device
+            starts,
+            lambda a, buf: read_into(a, min(a + self.chunk_size, self.n), buf),
+            self.device,
+            self._new_buffer,
         )
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
