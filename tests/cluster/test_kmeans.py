@@ -13,11 +13,13 @@ from sklearn.decomposition import PCA as SkPCA
 from sklearn.metrics import adjusted_rand_score, v_measure_score
 
 from clusterfit.cluster import KMeans, faiss_available, faiss_kmeans
+from clusterfit.cluster.assign import numba_available
 from clusterfit.cluster.kmeans import SPLIT_EPS, _update
 from clusterfit.errors import ClusterFitError, ConfigError, DataError
 
 BACKENDS = [
     "torch",
+    pytest.param("fused", marks=pytest.mark.skipif(not numba_available(), reason="numba missing")),
     pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss missing")),
 ]
 

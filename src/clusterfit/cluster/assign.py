@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from clusterfit.cluster.rows import RawRows, RowSource, normalise_rows, validate_rows
+from clusterfit.errors import DataError
+
 __all__ = [
     "Assigner",
     "FaissAssigner",
@@ -42,6 +45,7 @@ __all__ = [
     "faiss_has_gpu",
     "fused_task_rows",
     "import_faiss",
+    "nearest_centroid",
     "numba_available",
 ]
 
@@ -222,6 +226,31 @@ class FaissAssigner(Assigner):
         dist = dist.reshape(-1)
         dist = 1.0 - dist if self.spherical else np.maximum(dist, 0.0)
         return torch.from_numpy(idx.reshape(-1)), torch.from_numpy(dist)
+
+
+def nearest_centroid(
+    X: Any, centroids: np.ndarray, *, spherical: bool = False, chunk_size: int = 16384
+) -> np.ndarray:
+    """Nearest of ``centroids`` (K x D) for each row of X (N x D: array, memmap, tensor, path):
+    N int64, by squared distance, or by cosine when ``spherical`` (rows L2-normalised first).
+
+    Read ``chunk_size`` rows at a time on CPU; non-finite rows raise :class:`DataError`.
+    """
+    rows = RawRows(X)
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    if rows.d != c.shape[1]:
+        raise DataError(f"X has {rows.d} features but the centroids have {c.shape[1]}")
+    cpu = torch.device("cpu")
+    src = RowSource.of_rows(rows, 0, rows.n, chunk_size, cpu)
+    validate_rows(src, 0, spherical, cpu)
+    if spherical:
+        src.transform = normalise_rows
+    assigner = TorchAssigner(spherical)
+    assigner.set_centroids(c)
+    out = np.empty(rows.n, dtype=np.int64)
+    for a, x in src.chunks():
+        out[a : a + x.shape[0]] = assigner.assign(x.cpu())[0].numpy()
+    return out
 
 
 # --------------------------------------------------------------------------------------------

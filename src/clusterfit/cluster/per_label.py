@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClusterMixin
 from tqdm.auto import tqdm
 
-from clusterfit.cluster.assign import TorchAssigner
+from clusterfit.cluster.assign import TorchAssigner, nearest_centroid
 from clusterfit.cluster.kmeans import KMeans
 from clusterfit.cluster.rows import RawRows, RowSource, normalise_rows, validate_rows
 from clusterfit.errors import ConfigError, DataError
 
-__all__ = ["allocate_clusters", "per_label_kmeans"]
+__all__ = ["PerLabelKMeans", "allocate_clusters", "per_label_kmeans"]
 
 
 def allocate_clusters(sizes: np.ndarray, n_clusters_total: int) -> np.ndarray:
@@ -165,3 +166,68 @@ def per_label_kmeans(
         "n_unlabelled": len(unknown),
     }
     return assignments, all_centroids, info
+
+
+class PerLabelKMeans(ClusterMixin, BaseEstimator):
+    """Per-label k-means as a scikit-learn estimator (ClusterFit §5.2).
+
+    ``fit(X, y)``: k-means within each label of y (N ints, -1 = unlabelled) into k_l ∝ √n_l
+    clusters summing to ``n_clusters``, as :func:`per_label_kmeans`; the other parameters go to
+    each label's :class:`KMeans`.
+
+    Fitted attributes: ``labels_`` (N int64 global cluster ids), ``cluster_centers_`` (K' x D
+    float32), ``info_`` (labels, sizes, k, offsets, inertia, n_reseeded, n_unlabelled),
+    ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        *,
+        n_iter: int = 20,
+        spherical: bool = False,
+        seed: int = 0,
+        init: str = "random",
+        backend: str = "auto",
+        device: str | torch.device | None = None,
+        chunk_size: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.n_iter = n_iter
+        self.spherical = spherical
+        self.seed = seed
+        self.init = init
+        self.backend = backend
+        self.device = device
+        self.chunk_size = chunk_size
+        self.progress = progress
+
+    def fit(self, X: Any, y: np.ndarray) -> PerLabelKMeans:
+        """Fit on X (N x D) with labels y (N ints, -1 = unlabelled); returns self."""
+        self.labels_, self.cluster_centers_, self.info_ = per_label_kmeans(
+            X,
+            y,
+            self.n_clusters,
+            seed=self.seed,
+            progress=self.progress,
+            n_iter=self.n_iter,
+            spherical=self.spherical,
+            init=self.init,
+            backend=self.backend,
+            device=self.device,
+            chunk_size=self.chunk_size,
+        )
+        self.n_features_in_ = int(self.cluster_centers_.shape[1])
+        return self
+
+    def fit_predict(self, X: Any, y: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Fit, then return ``labels_`` (N int64)."""
+        del kwargs
+        return self.fit(X, y).labels_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Nearest of all clusters for each row of X (M x D): M int64 global cluster ids."""
+        if not hasattr(self, "cluster_centers_"):
+            raise ConfigError("this PerLabelKMeans is not fitted yet: call fit(X, y) first")
+        return nearest_centroid(X, self.cluster_centers_, spherical=self.spherical)

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClusterMixin
 
-from clusterfit.cluster.assign import TorchAssigner
+from clusterfit.cluster.assign import TorchAssigner, nearest_centroid
 from clusterfit.cluster.rows import RawRows, RowSource, normalise_rows, validate_rows
-from clusterfit.errors import DataError
+from clusterfit.errors import ConfigError, DataError
 
-__all__ = ["prototype_clusters"]
+__all__ = ["PrototypeClustering", "prototype_clusters"]
 
 
 def prototype_clusters(
@@ -66,3 +67,41 @@ def prototype_clusters(
     for a, x in src.chunks():
         assignments[a : a + x.shape[0]] = assigner.assign(x)[0].numpy()
     return assignments, centroids.numpy()
+
+
+class PrototypeClustering(ClusterMixin, BaseEstimator):
+    """Prototype clustering as a scikit-learn estimator (ClusterFit App. A).
+
+    ``fit(X, y)``: the centres are the per-label means of X (N x D; y: N ints, -1 = unknown) and
+    every row goes to its nearest centre, as :func:`prototype_clusters`.
+
+    Fitted attributes: ``cluster_centers_`` (L x D float32, centre j of label ``classes_[j]``),
+    ``labels_`` (N int64), ``classes_`` (the L labels), ``n_features_in_``.
+    """
+
+    def __init__(self, *, spherical: bool = False, chunk_size: int = 16384) -> None:
+        self.spherical = spherical
+        self.chunk_size = chunk_size
+
+    def fit(self, X: Any, y: np.ndarray) -> PrototypeClustering:
+        """Fit on X (N x D) with labels y (N ints, -1 = unknown); returns self."""
+        self.labels_, self.cluster_centers_ = prototype_clusters(
+            X, y, spherical=self.spherical, chunk_size=self.chunk_size
+        )
+        lab = np.asarray(y).reshape(-1)
+        self.classes_ = np.unique(lab[lab >= 0])
+        self.n_features_in_ = int(self.cluster_centers_.shape[1])
+        return self
+
+    def fit_predict(self, X: Any, y: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """Fit, then return ``labels_`` (N int64)."""
+        del kwargs
+        return self.fit(X, y).labels_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Nearest centre of each row of X (M x D): M int64."""
+        if not hasattr(self, "cluster_centers_"):
+            raise ConfigError("this PrototypeClustering is not fitted yet: call fit(X, y) first")
+        return nearest_centroid(
+            X, self.cluster_centers_, spherical=self.spherical, chunk_size=self.chunk_size
+        )

@@ -1,0 +1,245 @@
+"""The assignment backends against brute force; streaming; the estimator shape (ClusterFit §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.datasets import make_blobs
+
+from clusterfit.cluster import KMeans, PerLabelKMeans, PrototypeClustering, prototype_clusters
+from clusterfit.cluster import rows as rows_mod
+from clusterfit.cluster.assign import (
+    FusedAssigner,
+    TorchAssigner,
+    fused_task_rows,
+    nearest_centroid,
+    numba_available,
+)
+from clusterfit.cluster.rows import RawRows, RowSource
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba missing")
+
+
+def brute_force(x: np.ndarray, c: np.ndarray, spherical: bool):
+    """Labels, distances (float64) and the gap to the second-nearest centroid, by numpy."""
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    dot = x64 @ c64.T
+    sq = (x64**2).sum(1)[:, None] - 2.0 * dot + (c64**2).sum(1)[None, :]
+    dist = 1.0 - dot if spherical else np.maximum(sq, 0.0)
+    order = np.argsort(dist, axis=1, kind="stable")
+    rows = np.arange(len(x))
+    best = dist[rows, order[:, 0]]
+    gap = dist[rows, order[:, 1]] - best if c.shape[0] > 1 else np.full(len(x), np.inf)
+    return order[:, 0], best, gap
+
+
+def sums_by_label(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, lab, x.astype(np.float64))
+    return sums, np.bincount(lab, minlength=k).astype(np.float64)
+
+
+def data(n: int, d: int, k: int, spherical: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    c = rng.standard_normal((k, d)).astype(np.float32)
+    if spherical:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+    return x, c
+
+
+def check_against_brute_force(assigner, x, c, spherical, tol=1e-4):
+    assigner.set_centroids(torch.from_numpy(c))
+    lab, dist = assigner.assign(torch.from_numpy(x))
+    ref_lab, ref_dist, gap = brute_force(x, c, spherical)
+    clear = gap > tol * (1.0 + np.abs(ref_dist))  # ties aside
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(lab.numpy()[clear], ref_lab[clear])
+    np.testing.assert_allclose(dist.numpy(), ref_dist, rtol=1e-4, atol=1e-3)
+    assert float(dist.numpy().sum(dtype=np.float64)) == pytest.approx(ref_dist.sum(), rel=1e-5)
+    return lab.numpy()
+
+
+# (N, D, K): N not a multiple of the task rows, K larger than the task rows, D = 1, K = 1
+SHAPES = [(1000, 16, 10), (1537, 8, 700), (777, 1, 5), (300, 33, 1), (2049, 64, 1300)]
+
+
+@needs_numba
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(("n", "d", "k"), SHAPES)
+def test_fused_assignment_equals_brute_force(n, d, k, threads, spherical):
+    if spherical and d == 1:
+        pytest.skip("one dimension: every unit row is +-1")
+    x, c = data(n, d, k, spherical)
+    check_against_brute_force(FusedAssigner(spherical, n_threads=threads), x, c, spherical)
+
+
+@needs_numba
+@pytest.mark.parametrize("threads", [1, 2, 4])
+@pytest.mark.parametrize("with_sums", [True, False])
+def test_fused_pass_sums_counts_and_objective(threads, with_sums):
+    x, c = data(3001, 12, 40, False, seed=1)
+    k = len(c)
+    a = FusedAssigner(False, n_threads=threads, task_rows=256)
+    a.set_centroids(torch.from_numpy(c))
+    sums = torch.zeros((k, 12), dtype=torch.float64) if with_sums else None
+    stats = torch.zeros(k + 1, dtype=torch.float64)
+    a.start_pass(sums, stats)
+    labels = []
+    for s in range(0, len(x), 1000):  # several chunks per pass
+        labels.append(a.accumulate(torch.from_numpy(x[s : s + 1000]), sums, stats).numpy())
+    a.finish_pass(sums, stats)
+    lab = np.concatenate(labels)
+    ref_lab, ref_dist, _ = brute_force(x, c, False)
+    np.testing.assert_array_equal(lab, ref_lab)
+    ref_sums, ref_counts = sums_by_label(x, lab, k)
+    np.testing.assert_array_equal(stats.numpy()[:k], ref_counts)
+    assert stats.numpy()[k] == pytest.approx(ref_dist.sum(), rel=1e-5)
+    if sums is not None:
+        np.testing.assert_allclose(sums.numpy(), ref_sums, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("block_elems", [None, 1000, 4096])
+def test_torch_blocked_assignment_equals_brute_force(spherical, block_elems):
+    x, c = data(2049, 24, 300, spherical, seed=2)
+    a = TorchAssigner(spherical, block_elems=block_elems)
+    lab = check_against_brute_force(a, x, c, spherical)
+    if block_elems is not None:  # several blocks, the last one short, one reused buffer
+        assert a.block_rows(torch.device("cpu")) < len(x)
+        assert a._buf is not None and a._buf.numel() <= max(block_elems, 300)
+    # the generic accumulate (CPU bookkeeping) adds the same sums
+    k = len(c)
+    sums = torch.zeros((k, 24), dtype=torch.float64)
+    stats = torch.zeros(k + 1, dtype=torch.float64)
+    a.accumulate(torch.from_numpy(x), sums, stats)
+    ref_sums, ref_counts = sums_by_label(x, lab, k)
+    np.testing.assert_allclose(sums.numpy(), ref_sums, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(stats.numpy()[:k], ref_counts)
+
+
+def test_fused_task_rows():
+    assert fused_task_rows(1000) == 512
+    assert fused_task_rows(256) == 1024
+    assert fused_task_rows(4096) == 256
+    assert fused_task_rows(1) == 1024 and fused_task_rows(10**7) == 256
+
+
+@needs_numba
+@pytest.mark.parametrize("spherical", [False, True])
+def test_fused_fit_within_tolerance_of_sklearn_and_other_backends(spherical):
+    X, _ = make_blobs(4000, n_features=20, centers=30, cluster_std=4.0, random_state=3)
+    X = X.astype(np.float32)
+    init = X[np.random.default_rng(0).choice(len(X), 30, replace=False)]
+    kw = dict(n_iter=10, init=init, spherical=spherical, progress=False)
+    fused = KMeans(30, backend="fused", **kw).fit(X)
+    torch_ = KMeans(30, backend="torch", **kw).fit(X)
+    assert fused.backend_ == "fused"
+    assert fused.inertia_ == pytest.approx(torch_.inertia_, rel=1e-5)
+    np.testing.assert_allclose(fused.cluster_centers_, torch_.cluster_centers_, atol=1e-4)
+    if not spherical:
+        ref = SkKMeans(30, init=init, n_init=1, max_iter=10, algorithm="lloyd", tol=0.0).fit(X)
+        assert fused.inertia_ == pytest.approx(ref.inertia_, rel=1e-4)
+
+
+@needs_numba
+def test_auto_backend_is_fused_on_cpu():
+    X, _ = make_blobs(500, n_features=4, centers=3, random_state=0)
+    assert KMeans(3, n_iter=2, progress=False).fit(X.astype(np.float32)).backend_ == "fused"
+
+
+@pytest.mark.parametrize("backend", ["fused", "torch"])
+def test_streamed_refinement_equals_in_memory(tmp_path, backend):
+    if backend == "fused" and not numba_available():
+        pytest.skip("numba missing")
+    X, _ = make_blobs(6011, n_features=9, centers=12, cluster_std=3.0, random_state=5)
+    X = X.astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    kw = dict(
+        n_iter=4,
+        subsample=0.3,
+        refine_iter=3,
+        backend=backend,
+        seed=4,
+        chunk_size=500,  # 13 chunks, the last one short: the reader thread and its ring
+        progress=False,
+    )
+    mem = KMeans(12, **kw).fit(X)
+    mm = np.load(path, mmap_mode="r")
+    streamed = KMeans(12, **kw).fit(mm)
+    by_path = KMeans(12, **kw).fit(str(path))
+    for other in (streamed, by_path):
+        np.testing.assert_array_equal(other.labels_, mem.labels_)
+        np.testing.assert_allclose(other.cluster_centers_, mem.cluster_centers_, rtol=1e-6)
+        assert other.inertia_ == pytest.approx(mem.inertia_, rel=1e-9)
+        assert [h["phase"] for h in other.history_] == ["train"] * 4 + ["refine"] * 3
+
+
+def test_prefetch_reader_is_bounded_stops_early_and_reports_errors(tmp_path, monkeypatch):
+    X = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    rows = RawRows(np.load(path, mmap_mode="r"))
+    src = RowSource.of_rows(rows, 0, rows.n, 7, torch.device("cpu"))
+    assert src.prefetch
+    got = [(a, x.numpy().copy()) for a, x in src.raw_chunks()]
+    assert [a for a, _ in got] == list(range(0, 50, 7))
+    np.testing.assert_array_equal(np.concatenate([x for _, x in got]), X)
+    # stopping early ends the reader thread
+    it = src.raw_chunks()
+    next(it)
+    it.close()
+    # an error while reading reaches the consumer
+    calls = {"n": 0}
+    original = rows.read
+
+    def failing(start, stop, buf=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk gone")
+        return original(start, stop, buf)
+
+    monkeypatch.setattr(rows, "read", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        list(src.raw_chunks())
+    assert rows_mod.PREFETCH_CHUNKS >= 1
+
+
+def test_kmeans_is_a_sklearn_estimator():
+    init = np.zeros((3, 4), dtype=np.float32)
+    km = KMeans(3, n_iter=7, spherical=True, init=init, backend="torch", progress=False)
+    params = km.get_params()
+    assert params["n_clusters"] == 3 and params["n_iter"] == 7 and params["init"] is init
+    twin = clone(km)
+    assert twin is not km and twin.get_params()["n_iter"] == 7
+    km.set_params(n_iter=2)
+    assert km.n_iter == 2
+    X, _ = make_blobs(300, n_features=4, centers=3, random_state=1)
+    fitted = clone(KMeans(3, n_iter=3, backend="torch", progress=False)).fit(X)
+    assert not hasattr(clone(fitted), "labels_")
+    assert fitted.fit_predict(X).shape == (300,)
+
+
+def test_per_label_and_prototype_estimators():
+    X, y = make_blobs(600, n_features=5, centers=4, cluster_std=0.5, random_state=2)
+    X = X.astype(np.float32)
+    y = y.copy()
+    y[:20] = -1
+    proto = PrototypeClustering().fit(X, y)
+    a, c = prototype_clusters(X, y)
+    np.testing.assert_array_equal(proto.labels_, a)
+    np.testing.assert_array_equal(proto.cluster_centers_, c)
+    np.testing.assert_array_equal(proto.predict(X), a)
+    np.testing.assert_array_equal(proto.classes_, [0, 1, 2, 3])
+    assert clone(proto).get_params() == {"spherical": False, "chunk_size": 16384}
+    per = PerLabelKMeans(8, n_iter=5, backend="torch", progress=False).fit(X, y)
+    assert per.cluster_centers_.shape == (8, 5) and sum(per.info_["k"]) == 8
+    np.testing.assert_array_equal(per.predict(X[20:]), per.labels_[20:])
+    assert clone(per).get_params()["n_clusters"] == 8
+    np.testing.assert_array_equal(nearest_centroid(X, per.cluster_centers_), per.predict(X))
