@@ -4,7 +4,9 @@ Both sides train the same freshly initialised model (same seed) on the same imag
 batch size, optimiser and thread count, in the same process; the bare loop gets its batches
 pre-augmented in memory, so it measures only the model. The ratio engine / bare is the share of the
 machine the engine's own work (indexing, augmentation, bookkeeping, checkpoints, logs) leaves to
-the model. Median of ``--repeats`` alternating runs.
+the model. Each is run in both memory layouts (contiguous and channels-last, the engine's
+default), and a feature pass (extraction) too, so the channels-last speed-up is measured beside
+them. Median of ``--repeats`` alternating runs.
 
     python benchmarks/train_throughput.py   # writes benchmarks/results/train_throughput.json
 """
@@ -22,14 +24,25 @@ import torch
 import torch.nn.functional as F
 
 from clusterfit.config import TrainConfig
-from clusterfit.data import BatchAugment, ImageSet, load_images
+from clusterfit.data import BatchAugment, ImageSet, load_images, to_float
 from clusterfit.models import create_model
 from clusterfit.train import Trainer
 
 
-def make_net(arch_kwargs: dict, in_chans: int) -> torch.nn.Module:
+def make_net(arch_kwargs: dict, in_chans: int, channels_last: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model("resnet_cifar", [10], in_chans=in_chans, **arch_kwargs)
+    net = create_model("resnet_cifar", [10], in_chans=in_chans, **arch_kwargs)
+    return net.channels_last() if channels_last else net
+
+
+def extract_run(images: ImageSet, arch_kwargs: dict, channels_last: bool) -> float:
+    """Images per second of a feature pass (``intermediates`` at ``pool``, no gradients)."""
+    net = make_net(arch_kwargs, images.images.shape[1], channels_last).eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(images), 256):
+            net.intermediates(to_float(images.images[lo : lo + 256]), ["pool"])
+    return len(images) / (time.perf_counter() - start)
 
 
 def engine_run(images: ImageSet, cfg: TrainConfig, arch_kwargs: dict) -> float:
@@ -44,8 +57,9 @@ def engine_run(images: ImageSet, cfg: TrainConfig, arch_kwargs: dict) -> float:
 
 
 def bare_run(images: ImageSet, cfg: TrainConfig, arch_kwargs: dict) -> float:
-    """Images per second of a plain loop over pre-augmented batches in memory."""
-    net = make_net(arch_kwargs, images.images.shape[1]).train()
+    """Images per second of a plain loop over pre-augmented batches in memory, in the memory
+    layout the engine uses (``cfg.channels_last``)."""
+    net = make_net(arch_kwargs, images.images.shape[1], cfg.channels_last).train()
     opt = torch.optim.SGD(
         net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -82,25 +96,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images = load_images("bundled", "train", limit=args.items, progress=False)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size)
     arch = {"depth": args.depth, "width": args.width}
-    engine, bare = [], []
-    for _ in range(args.repeats):
-        bare.append(bare_run(images, cfg, arch))
-        engine.append(engine_run(images, cfg, arch))
-    result = {
+    result: dict = {
         "data": f"bundled Fashion-MNIST, {len(images)} images 1x28x28",
         "model": f"resnet_cifar depth {args.depth} width {args.width}",
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "threads": args.threads,
         "repeats": args.repeats,
-        "engine_images_per_s": [round(v, 1) for v in engine],
-        "bare_images_per_s": [round(v, 1) for v in bare],
-        "engine_median": round(statistics.median(engine), 1),
-        "bare_median": round(statistics.median(bare), 1),
-        "ratio_of_medians": round(statistics.median(engine) / statistics.median(bare), 3),
     }
+    runs: dict[str, list[float]] = {}
+    for _ in range(args.repeats):  # interleaved: both layouts see the same machine state
+        for layout, cl in (("contiguous", False), ("channels_last", True)):
+            cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, channels_last=cl)
+            runs.setdefault(f"bare_{layout}", []).append(bare_run(images, cfg, arch))
+            runs.setdefault(f"engine_{layout}", []).append(engine_run(images, cfg, arch))
+            runs.setdefault(f"extract_{layout}", []).append(extract_run(images, arch, cl))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    result["images_per_s"] = {k: [round(x, 1) for x in v] for k, v in runs.items()}
+    result["median_images_per_s"] = {k: round(v, 1) for k, v in med.items()}
+    for layout in ("contiguous", "channels_last"):
+        result[f"engine_over_bare_{layout}"] = round(
+            med[f"engine_{layout}"] / med[f"bare_{layout}"], 3
+        )
+    for what in ("engine", "bare", "extract"):
+        result[f"channels_last_speedup_{what}"] = round(
+            med[f"{what}_channels_last"] / med[f"{what}_contiguous"], 3
+        )
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

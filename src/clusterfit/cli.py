@@ -4,7 +4,7 @@
     clusterfit pretrain|extract|cluster|fit|probe [same options]  one stage
     clusterfit report RUN [RUN ...] [--out DIR]                   tables and plots
     clusterfit config [--config F] [key=value ...]                print the resolved config
-    clusterfit models                                             list the model names
+    clusterfit models                                             model families, probe layers
 
 User errors (bad config, missing data, K > N, ...) print one line and exit with status 2.
 """
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<name>)")
     rep.add_argument("--out", type=Path, help="output folder (default: <first run>/report)")
     _config_args(sub.add_parser("config", help="print the resolved config"))
-    sub.add_parser("models", help="list the model names create_model accepts")
+    sub.add_parser("models", help="the model families, their extras and the probe-layer rule")
     return parser
 
 
@@ -97,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(["run", *argv])
     try:
         if command == "models":
-            from clusterfit.models import list_models
+            from clusterfit.models.registry import describe_models
 
-            print("\n".join(list_models()))
+            print(describe_models())
             return 0
         if command == "config":
             from clusterfit.config import to_yaml

