@@ -249,7 +249,7 @@ def probe_cell(
             batch_size=pc.batch_size,
             seed=ctx.cfg.seed,
             device=ctx.device,
-            progress=False,
+            progress=ctx.progress,
         )
         extra = {k: v for k, v in res.items() if k not in ("top1", "top5")}
         extra["dims"] = int(feats_train[layer].shape[1])
