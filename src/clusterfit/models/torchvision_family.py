@@ -13,6 +13,7 @@ weights enum (``IMAGENET1K_V1``, ...).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import warnings
 from collections.abc import Sequence
@@ -52,12 +53,28 @@ def torchvision_names() -> list[str]:
 
 
 def _new(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    from torchvision.models import get_model
+    """``get_model(name, weights=None, **kwargs)``; a keyword that neither the builder nor the
+    model class names is an error (torchvision passes unknown ones on, and some classes drop
+    them silently)."""
+    from torchvision.models import get_model, get_model_builder
 
     try:
-        return get_model(name, weights=None, **kwargs)
+        model = get_model(name, weights=None, **kwargs)
     except TypeError as e:
         raise ClusterFitError(f"bad keyword arguments {sorted(kwargs)} for {name!r}: {e}") from e
+    skip = {"self", "weights", "progress", "kwargs", "args"}
+    accepted = {
+        p
+        for fn in (get_model_builder(name), type(model).__init__)
+        for p in inspect.signature(fn).parameters
+        if p not in skip
+    }
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ClusterFitError(
+            f"bad keyword arguments {unknown} for {name!r}; it accepts {sorted(accepted)}"
+        )
+    return model
 
 
 def tv_weights(name: str, weights: str) -> Any:
