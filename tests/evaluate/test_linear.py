@@ -133,3 +133,96 @@ def test_memmap_input_gives_the_same_result_and_is_not_modified(tmp_path):
     b = linear_probe(x[:200], y[:200], x[200:], y[200:], **kw)
     assert a == b
     np.testing.assert_array_equal(np.load(path), x)
+
+
+def _reference_per_lr(z, y, n_classes, lr, *, n_updates, batch_size, seed, momentum, wd):
+    """The probe trained the plain way, one rate at a time: nn.Linear + torch.optim.SGD (weight
+    decay on the weights only) on the same seeded mini-batches, rate / 10 after each third."""
+    import torch
+
+    n, d = z.shape
+    lin = torch.nn.Linear(d, n_classes)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.SGD(
+        [
+            {"params": [lin.weight], "weight_decay": wd},
+            {"params": [lin.bias], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        momentum=momentum,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    bs = min(batch_size, n)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    for step in range(n_updates):
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + bs]
+        pos += bs
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.1 ** min(3 * step // n_updates, 2)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(lin(z[idx]), y[idx]).backward()
+        opt.step()
+    return lin.weight.detach(), lin.bias.detach()
+
+
+@pytest.mark.parametrize(("n", "d", "dual"), [(300, 40, False), (120, 900, True)])
+def test_stacked_rates_equal_training_each_rate_alone(n, d, dual):
+    import torch
+
+    from clusterfit.evaluate.linear import _dual_is_cheaper, _train_stacked
+
+    rng = np.random.default_rng(7)
+    z = torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 5, n))
+    lrs = (0.1, 0.01, 0.001)
+    kw = dict(n_updates=90, batch_size=64, momentum=0.9, weight_decay=5e-4, seed=3)
+    assert _dual_is_cheaper(n, d, 15, 90, 64) == dual
+    for form in (None, not dual):  # the automatic choice, and the other form
+        w, b = _train_stacked(z, y, 5, lrs, progress=False, desc="", dual=form, **kw)
+        for j, lr in enumerate(lrs):
+            ref_w, ref_b = _reference_per_lr(
+                z,
+                y,
+                5,
+                lr,
+                n_updates=90,
+                batch_size=64,
+                seed=3,
+                momentum=0.9,
+                wd=5e-4,
+            )
+            scale = float(ref_w.abs().max())
+            np.testing.assert_allclose(w[j].numpy(), ref_w.numpy(), atol=2e-4 * scale)
+            np.testing.assert_allclose(b[j].numpy(), ref_b.numpy(), atol=2e-4 * scale + 1e-6)
+
+
+def test_dual_form_gives_the_same_probe_numbers(monkeypatch):
+    # Few items, wide features (a smoke run): the probe trains through the Gram matrix; its
+    # numbers equal those of the feature-space form to well within 0.3 points.
+    import clusterfit.evaluate.linear as lin
+
+    rng = np.random.default_rng(11)
+    c, d = 6, 2000
+    means = rng.normal(size=(c, d)).astype(np.float32) * 0.08
+    y = rng.integers(0, c, 700)
+    x = means[y] + rng.normal(size=(700, d)).astype(np.float32)
+    kw = dict(n_updates=120, progress=False)
+    assert lin._dual_is_cheaper(200, d, 3 * c, 120, 200)
+    fast = lin.linear_probe(x[:200], y[:200], x[200:], y[200:], **kw)
+    monkeypatch.setattr(lin, "_dual_is_cheaper", lambda *a: False)
+    slow = lin.linear_probe(x[:200], y[:200], x[200:], y[200:], **kw)
+    assert fast["lr"] == slow["lr"]
+    assert abs(fast["top1"] - slow["top1"]) <= 0.3
+    assert abs(fast["train_top1"] - slow["train_top1"]) <= 0.3
+    for lr in fast["val_top1"]:
+        assert abs(fast["val_top1"][lr] - slow["val_top1"][lr]) <= 0.3
+
+
+def test_progress_bar_shown_while_training(capsys):
+    x, y = _blobs(200, 8, 3, seed=5)
+    linear_probe(x, y, x, y, lrs=(0.1, 0.01), n_updates=20, progress=True)
+    err = capsys.readouterr().err
+    assert "linear probe: lr sweep" in err and "linear probe: final" in err
