@@ -59,6 +59,7 @@ class TrainConfig:
     flip: bool = True
     color_jitter: float = 0.0  # brightness / contrast / saturation strength in [0, 1)
     amp: bool = True  # bfloat16 autocast on GPU; ignored on CPU
+    channels_last: bool = True  # image networks train in channels-last memory format (faster)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class FitTrainConfig:
     flip: bool | None = None
     color_jitter: float | None = None
     amp: bool | None = None
+    channels_last: bool | None = None
 
 
 @dataclass

@@ -160,6 +160,8 @@ class Trainer:
         """Train to ``cfg.epochs``, resuming from ``checkpoint.pt`` if present; returns the log."""
         cfg, net, device = self.cfg, self.net, self.device
         net.to(device)
+        if cfg.channels_last and net.spatial_dims == 2:
+            net.channels_last()  # same results, faster convolutions (oneDNN, tensor cores)
         optimizer = torch.optim.SGD(
             net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
