@@ -320,6 +320,7 @@ def main() -> None:
         help="override the in-memory cases, e.g. 100000x128x1000x5",
     )
     ap.add_argument("--no-ooc", action="store_true", help="skip the out-of-core case")
+    ap.add_argument("--ooc-only", action="store_true", help="only the out-of-core case")
     ap.add_argument("--ooc-n", type=int, default=None, help="rows of the out-of-core memmap")
     ap.add_argument("--tmp-dir", default=None, help="where to write the out-of-core memmap")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kmeans.json"))
@@ -368,7 +369,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for n, d, k, n_iter in cases:
+    for n, d, k, n_iter in [] if args.ooc_only else cases:
         for threads in args.threads:
             r = bench_case(n, d, k, n_iter, threads, args.repeats)
             results["in_memory"].append(r)
