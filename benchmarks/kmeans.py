@@ -325,7 +325,16 @@ def main() -> None:
     ap.add_argument("--tmp-dir", default=None, help="where to write the out-of-core memmap")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kmeans.json"))
     ap.add_argument("--ooc-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RUN.json",
+        help="write the medians of several runs' figures to --out and print them",
+    )
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.ooc_child:
         path, cfg, threads, out = args.ooc_child
         ooc_child(path, json.loads(cfg), int(threads), out)
@@ -408,6 +417,60 @@ def main() -> None:
             )
     save(results, t_start, args.out)
     print(f"\n{results['seconds']:.0f} s; wrote {args.out}")
+
+
+def merge(paths: list[str], out: str) -> None:
+    """Medians over runs (files written by this script) of each case's shares and ratios."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rows: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        for r in run["in_memory"]:
+            rows.setdefault((r["n"], r["d"], r["k"], r["n_iter"], r["threads"]), []).append(r)
+    table = []
+    for key, rs in rows.items():
+        entry: dict[str, Any] = dict(zip(("n", "d", "k", "n_iter", "threads"), key, strict=True))
+        entry["peak_gflops"] = statistics.median(r["peak_gflops"] for r in rs)
+        for m in METHODS:
+            entry[m] = {
+                f: statistics.median(r[m][f] for r in rs)
+                for f in ("share_of_peak", "time_vs_faster_peer", "objective_rel_diff_vs_sklearn")
+            }
+        entry["runs"] = len(rs)
+        table.append(entry)
+    ooc: dict[int, list[dict[str, Any]]] = {}
+    for run in runs:
+        for o in (run.get("out_of_core") or {}).get("runs", []):
+            if "error" not in o:
+                ooc.setdefault(o["threads"], []).append(o)
+    ooc_table = [
+        {
+            "threads": t,
+            "pass_over_gemm_limit": statistics.median(o["pass_over_gemm_limit"] for o in os_),
+            "peak_anon_mb": max(o["peak_anon_mb"] for o in os_),
+            "runs": len(os_),
+        }
+        for t, os_ in ooc.items()
+    ]
+    merged = {
+        "merged_from": paths,
+        "commands": [r["command"] for r in runs],
+        "load_average_at_start": [r["load_average_at_start"] for r in runs],
+        "in_memory_medians": table,
+        "out_of_core_medians": ooc_table,
+        "out_of_core_config": next((r["out_of_core"] for r in runs if r.get("out_of_core")), {}),
+    }
+    Path(out).write_text(json.dumps(merged, indent=2))
+    for e in table:
+        cells = " ".join(
+            f"{m} {e[m]['share_of_peak']:.2f} ({e[m]['time_vs_faster_peer']:.2f}x)" for m in METHODS
+        )
+        print(f"N={e['n']} D={e['d']} K={e['k']} threads={e['threads']}: {cells}")
+    for o in ooc_table:
+        print(
+            f"streamed pass, {o['threads']} thread(s): {o['pass_over_gemm_limit']:.2f}x the GEMM "
+            f"limit, peak anonymous memory {o['peak_anon_mb']:.0f} MB"
+        )
+    print(f"wrote {out}")
 
 
 def save(results: dict[str, Any], t_start: float, path: str) -> None:

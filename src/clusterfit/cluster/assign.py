@@ -105,6 +105,7 @@ class Assigner:
 
     spherical: bool
     k: int
+    _part: torch.Tensor | None = None  # reused per-chunk sums (GPU bookkeeping)
 
     def set_centroids(self, C: torch.Tensor) -> None:
         """Use the K x D float32 centroids C from now on."""
@@ -138,9 +139,11 @@ class Assigner:
             st[k] += float(dist.numpy().sum(dtype=np.float64))
             return lab
         lab = lab.to(stats.device)
-        if sums is not None:
-            part = torch.zeros((k, x.shape[1]), dtype=torch.float32, device=x.device)
-            sums += part.index_add_(0, lab, x)
+        if sums is not None:  # per-chunk float32 sums in one reused K x D buffer
+            part = self._part
+            if part is None or part.shape != (k, x.shape[1]) or part.device != x.device:
+                part = self._part = torch.empty((k, x.shape[1]), device=x.device)
+            sums += part.zero_().index_add_(0, lab, x)
         stats[:k] += torch.bincount(lab, minlength=k)
         stats[k] += dist.to(stats.device).sum(dtype=torch.float64)
         return lab
