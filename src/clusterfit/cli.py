@@ -12,6 +12,7 @@ User errors (bad config, missing data, K > N, ...) print one line and exit with 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from collections.abc import Sequence
@@ -29,11 +30,24 @@ STAGE_HELP = {
 }
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser, runs: bool = True) -> None:
     p.add_argument("--config", "-c", help="a YAML recipe (default: the built-in demo recipe)")
     p.add_argument(
         "--smoke", action="store_true", help="a tiny subset, one epoch per stage: checks a recipe"
     )
+    if runs:
+        p.add_argument(
+            "--redo",
+            action="append",
+            default=[],
+            metavar="STAGE",
+            help="delete this stage's folder and make it again (repeatable), e.g. --redo fit",
+        )
+        p.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="refuse, rather than wait, when another process is using the run folder",
+        )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. cluster.k=100")
 
 
@@ -50,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and plots from one or more finished runs")
     rep.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<name>)")
     rep.add_argument("--out", type=Path, help="output folder (default: <first run>/report)")
-    _config_args(sub.add_parser("config", help="print the resolved config"))
+    _config_args(sub.add_parser("config", help="print the resolved config"), runs=False)
     sub.add_parser("models", help="the model families, their extras and the probe-layer rule")
     return parser
 
@@ -70,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     distributed.init_from_env()
     started = time.perf_counter()
     only = None if args.command == "run" else args.command
-    run_pipeline(cfg, only=only)
+    run_pipeline(cfg, only=only, redo=args.redo, wait=not args.no_wait)
     if not distributed.is_main_process():
         return 0
     if only in (None, "probe"):
@@ -85,6 +99,22 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\nreport: {cfg.run_dir / 'report' / 'index.html'}")
     print(f"done in {time.perf_counter() - started:.1f} s: {cfg.run_dir}")
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the path, the cause, what to do."""
+    path = exc.filename or "?"
+    cause = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{path}: {cause}; free some space or choose another out_dir"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{path}: {cause}; make it writable or choose another out_dir"
+    if exc.errno == errno.ENOENT:
+        return (
+            f"{path}: {cause}; if it belonged to a finished stage, rerun with --redo STAGE "
+            "(or delete that stage's folder)"
+        )
+    return f"{path}: {cause}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except ClusterFitError as exc:
         print(f"clusterfit: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment: a file gone, a folder not writable, a full disk
+        print(f"clusterfit: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

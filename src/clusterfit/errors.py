@@ -18,3 +18,7 @@ class ConfigError(ClusterFitError):
 
 class DataError(ClusterFitError):
     """A missing, empty or unreadable dataset, or an item that cannot be decoded."""
+
+
+class StorageError(ClusterFitError):
+    """The run folder cannot be written or read: no space, not writable, a file missing."""

@@ -14,7 +14,6 @@ tuples and dicts of those (an optimizer's ``state_dict()`` qualifies).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from clusterfit.artifacts import atomic_write
 from clusterfit.errors import ClusterFitError
 from clusterfit.models.net import Net
 from clusterfit.models.registry import build_from_args
@@ -55,18 +55,14 @@ def save_checkpoint(path: str | os.PathLike[str], net: nn.Module, **extra: Any) 
         raise ClusterFitError(f"save_checkpoint: {sorted(reserved)} are reserved keys")
     net = unwrap(net)
     payload = {"model_args": net.model_args, "state_dict": net.state_dict(), **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

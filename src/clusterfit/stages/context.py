@@ -9,12 +9,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from clusterfit import distributed as dist
-from clusterfit.artifacts import Stage
+from clusterfit.artifacts import Stage, versions
 from clusterfit.config import PretrainConfig, RunConfig
 from clusterfit.data import ImageSet, load_images
 from clusterfit.errors import ConfigError
@@ -50,7 +51,10 @@ class Context:
     variant: str = ""
     n_pre: Net | None = None
     module_factory: Callable[[], nn.Module] | None = None
+    redo: frozenset[str] = frozenset()
     _data: ImageSet | None = field(default=None, repr=False)
+    # probe targets once loaded, by name (shared by every K of a sweep)
+    targets: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(
@@ -58,8 +62,10 @@ class Context:
         cfg: RunConfig,
         n_pre: Net | None = None,
         module_factory: Callable[[], nn.Module] | None = None,
+        redo: frozenset[str] = frozenset(),
     ) -> Context:
-        return cls(cfg, resolve_device(cfg.device), n_pre=n_pre, module_factory=module_factory)
+        device = resolve_device(cfg.device)
+        return cls(cfg, device, n_pre=n_pre, module_factory=module_factory, redo=redo)
 
     def with_k(self, k: int) -> Context:
         """The context of one K of a sweep, sharing the loaded data."""
@@ -108,12 +114,40 @@ class Context:
             print(message, flush=True)
 
 
+#: What ``--redo`` accepts: command names and folder names of the stages.
+REDO_NAMES = {
+    "pretrain": "pretrain",
+    "extract": "features",
+    "features": "features",
+    "cluster": "clusters",
+    "clusters": "clusters",
+    "fit": "fit",
+    "baselines": "baseline",
+    "probe": "probe",
+}
+
+
+def redo_matches(redo: frozenset[str], folder: str) -> bool:
+    """True when ``folder`` (``pretrain-2``, ``clusters-k50``, ...) is of a stage in ``redo``."""
+    base = folder.split("-", 1)[0]
+    return any(REDO_NAMES.get(r, r) == base for r in redo)
+
+
 def up_to_date(ctx: Context, stage: Stage) -> dict | None:
-    """``stage``'s meta when it is complete for this config (saying so), else None."""
+    """``stage``'s meta when it is complete for this config (saying so), else None. A stage
+    named by ``--redo`` is removed first and so redone; a finished stage made by another
+    clusterfit version is reported."""
+    if redo_matches(ctx.redo, stage.name) and dist.is_main_process():
+        stage.remove()
+    dist.barrier()
     if not stage.is_complete():
         return None
-    ctx.say(f"{stage.name}: up to date, skipped ({stage.dir})")
-    return stage.meta() or {}
+    meta = stage.meta() or {}
+    made_by = (meta.get("versions") or {}).get("clusterfit")
+    now = versions().get("clusterfit")
+    note = f"; made by clusterfit {made_by}, this is {now}" if made_by and made_by != now else ""
+    ctx.say(f"{stage.name}: up to date, skipped ({stage.dir}{note})")
+    return meta
 
 
 def each_task(ctx: Context, run_task: Callable[[Context, int], dict]) -> dict:

@@ -9,6 +9,7 @@ block it flushed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clusterfit import distributed as dist
-from clusterfit.artifacts import Stage
+from clusterfit.artifacts import Stage, atomic_write, write_text
 from clusterfit.data import ImageSet, center_crop, to_float
 from clusterfit.models import Net
 from clusterfit.stages import pretrain
@@ -106,6 +107,40 @@ def features_path(st: Stage, layer: str) -> Path:
     return st.dir / f"{layer}.npy"
 
 
+def _new_features(path: Path, shape: tuple[int, int]) -> None:
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()
+
+
+def _usable(path: Path, shape: tuple[int, int]) -> bool:
+    """True when ``path`` is a float32 ``.npy`` of ``shape`` (a resumable features file); a file
+    that cannot be read is reported and made anew."""
+    if not path.exists():
+        return False
+    try:
+        f = np.load(path, mmap_mode="r")
+        ok = f.shape == shape and f.dtype == np.float32
+    except (OSError, ValueError) as e:
+        ok = False
+        warnings.warn(f"{path} cannot be read ({e}); extracting again", stacklevel=2)
+    return ok
+
+
+def _rows_done(done_file: Path, mine: range) -> int:
+    """Where an interrupted extraction of rows ``mine`` stopped; its start when the resume state
+    is absent or cannot be read (reported: those rows are extracted again)."""
+    if not done_file.is_file():
+        return mine.start
+    text = done_file.read_text().strip()
+    if text.isdigit() and mine.start <= int(text) <= mine.stop:
+        return int(text)
+    warnings.warn(
+        f"resume state {done_file} is unreadable ({text[:20]!r}); extracting rows "
+        f"{mine.start}..{mine.stop} again",
+        stacklevel=2,
+    )
+    return mine.start
+
+
 def run(ctx: Context) -> dict[str, Any]:
     """Extract the features of every N_pre; returns the (first) N_pre's extract meta."""
     return each_task(ctx, run_task)
@@ -127,12 +162,14 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     path = features_path(st, layer)
     rank = dist.get_rank()
     done_file = st.dir / f".rows_done.rank{rank}"
-    if dist.is_main_process() and not path.exists():
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(data), dim)).flush()
+    shape = (len(data), int(dim))
+    if dist.is_main_process() and not _usable(path, shape):
+        resuming = False
+        atomic_write(path, lambda tmp: _new_features(tmp, shape))
     dist.barrier()
     out = np.load(path, mmap_mode="r+")
     mine = dist.shard(len(data))
-    done = int(done_file.read_text()) if resuming and done_file.is_file() else mine.start
+    done = _rows_done(done_file, mine) if resuming else mine.start
     ctx.say(f"{st.name}: N_pre features at '{layer}' ({dim}-d) of {len(data)} images")
 
     def sink(_layer: str, block: range, array: np.ndarray) -> None:
@@ -141,7 +178,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
             16 * cfg.extract.batch_size
         ) == 0 or block.stop == mine.stop:
             out.flush()
-            done_file.write_text(str(block.stop))
+            write_text(done_file, str(block.stop))
 
     compute_features(
         net,

@@ -83,10 +83,11 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg, st = ctx.cfg, stage(ctx)
     if (meta := up_to_date(ctx, st)) is not None:
         return meta
-    targets, heads = [], []
+    targets, heads, clusterings = [], [], []
     for task in range(len(ctx.pretrain_configs)):
         clusters = cluster.stage(ctx, task)
         clusters.require("cluster")
+        clusterings.append(clusters.fingerprint)
         targets.append(np.load(clusters.dir / "assignments.npy"))
         heads.append(int(np.load(clusters.dir / "centroids.npy", mmap_mode="r").shape[0]))
     data = ctx.data()
@@ -109,6 +110,7 @@ def run(ctx: Context) -> dict[str, Any]:
         device=ctx.device,
         progress=ctx.progress,
         desc="fit",
-        checkpoint_extra={"config": asdict(cfg)},
+        # the facts N_cf stands on travel with it: the clusterings it was trained on
+        checkpoint_extra={"config": asdict(cfg), "clusters": clusterings, "k": heads},
     ).fit()
-    return finish(st, {"k": heads[0], "heads": heads, **log_summary(log)})
+    return finish(st, {"k": heads[0], "heads": heads, "clusters": clusterings, **log_summary(log)})

@@ -9,10 +9,12 @@ through the layers that extraction and the probes will read, in seconds.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 
+from clusterfit.artifacts import storage_error
 from clusterfit.config import PretrainConfig
 from clusterfit.errors import ClusterFitError, ConfigError
 from clusterfit.models import Net, create_model
@@ -97,9 +99,20 @@ def _checkpoint_path(p: PretrainConfig) -> Path:
     return path
 
 
+def _writable(run_dir: Path) -> None:
+    """A file can be made in the run folder (else one line naming it)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise storage_error(run_dir / ".write-check", e) from None
+
+
 def check(ctx: Context) -> None:
     """Raise :class:`ConfigError` (one line naming the setting) for anything that cannot run."""
     cfg = ctx.cfg
+    _writable(cfg.run_dir)
     shape = _input_shape(ctx)
     n = len(ctx.data())
     if cfg.cluster.method == "kmeans":

@@ -8,6 +8,7 @@ Multi-task ClusterFit (App. E) adds more N_pre: ``pretrain-2/``, ``pretrain-3/``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +56,8 @@ def stage(ctx: Context, task: int = 0) -> Stage:
         }
     elif p.objective == "checkpoint":
         config["checkpoint_sha256"] = file_digest(Path(p.checkpoint or ""))
+    if p.objective == "weak" and p.weak_labels:
+        config["weak_labels_sha256"] = file_digest(Path(p.weak_labels), "pretrain.weak_labels")
     return Stage(ctx.run_dir, folder(task), config, {"data": ctx.data().fingerprint})
 
 
@@ -67,15 +70,22 @@ def weights_digest(net: nn.Module) -> str:
     return h.hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (a missing file is an error naming it)."""
-    if not path.is_file():
-        raise ClusterFitError(f"pretrain.checkpoint: no such file: {path}")
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_digest(path: Path, setting: str = "pretrain.checkpoint") -> str:
+    """sha256 of a file's bytes, computed once per process for a given size and mtime (a missing
+    file is an error naming ``setting``)."""
+    if not path.is_file():
+        raise ClusterFitError(f"{setting}: no such file: {path}")
+    st = path.stat()
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def objective_for(p: PretrainConfig, num_classes: int | None, n_items: int) -> Objective:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from clusterfit.data import ImageSet, center_crop, load_images, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.models import Net, build_from_args, recalibrate_batchnorm
-from clusterfit.stages import baselines, cluster, fit, pretrain
+from clusterfit.stages import baselines, fit, pretrain
 from clusterfit.stages.context import Context, finish, start, up_to_date
 from clusterfit.stages.extract import compute_features
 from clusterfit.train.engine import CHECKPOINT
@@ -64,13 +65,35 @@ def _models(ctx: Context) -> dict[str, str]:
     return out
 
 
+def targets(ctx: Context) -> list[tuple[TargetConfig, tuple]]:
+    """Every probe target (sizes resolved) with its loaded (train, train_y, test, test_y), loaded
+    once per run."""
+    out = []
+    for t in ctx.cfg.probe.targets:
+        r = resolved_target(ctx.cfg, t)
+        key = fingerprint(asdict(r))
+        if key not in ctx.targets:
+            ctx.targets[key] = load_target(r, ctx.cfg.seed, ctx.progress)
+        out.append((r, ctx.targets[key]))
+    return out
+
+
+def target_fingerprint(loaded: tuple) -> str:
+    """The content of a loaded target: its images' fingerprints and its labels."""
+    train, train_y, test, test_y = loaded
+    labels = hashlib.sha256(np.ascontiguousarray(train_y).tobytes())
+    labels.update(np.ascontiguousarray(test_y).tobytes())
+    return fingerprint([train.fingerprint, test.fingerprint, labels.hexdigest()])
+
+
 def stage(ctx: Context) -> Stage:
-    """The probe stage: its settings, the targets and the probed networks' fingerprints."""
-    config = {
-        "probe": _probe_settings(ctx),
-        "targets": [asdict(resolved_target(ctx.cfg, t)) for t in ctx.cfg.probe.targets],
-    }
-    return Stage(ctx.run_dir, ctx.folder(NAME), config, _models(ctx))
+    """The probe stage: its settings, the targets (their settings and their content) and the
+    probed networks' fingerprints."""
+    loaded = targets(ctx)
+    config = {"probe": _probe_settings(ctx), "targets": [asdict(t) for t, _ in loaded]}
+    inputs = _models(ctx)
+    inputs |= {f"target:{t.name}": target_fingerprint(data) for t, data in loaded}
+    return Stage(ctx.run_dir, ctx.folder(NAME), config, inputs)
 
 
 def _checkpoint(ctx: Context, name: str) -> Path:
@@ -165,9 +188,10 @@ def read_multilabels(csv_path: Path, split: str | None) -> np.ndarray:
 
 
 def _n_clusters(ctx: Context) -> int:
-    """K as the cluster stage made it (prototype clustering makes one per class)."""
-    meta = cluster.stage(ctx).meta() or {}
-    return int(meta.get("summary", {}).get("k", ctx.cfg.cluster.k))
+    """K that N_cf was trained on, as its own stage recorded it (prototype clustering makes one
+    per class); never read from the clusters folder, which a later run may have changed."""
+    meta = fit.stage(ctx).require("fit")
+    return int(meta["summary"]["k"])
 
 
 def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
@@ -287,16 +311,19 @@ def run(ctx: Context) -> dict[str, Any]:
         return meta
     for model in _models(ctx):
         _checkpoint(ctx, model)
-    resolved = [resolved_target(cfg, t) for t in cfg.probe.targets]
-    targets = [(t, load_target(t, cfg.seed, ctx.progress)) for t in resolved]
+    loaded = targets(ctx)
     start(st)
     cells = ctx.run_dir / CELLS
     settings = _probe_settings(ctx)
     records: list[dict[str, Any]] = []
     for model, model_fp in _models(ctx).items():
         net = None
-        for target, (train, train_y, test, test_y) in targets:
-            key = fingerprint({"model": model_fp, "target": asdict(target), "probe": settings})
+        for target, data in loaded:
+            train, train_y, test, test_y = data
+            content = target_fingerprint(data)
+            key = fingerprint(
+                {"model": model_fp, "target": asdict(target), "data": content, "probe": settings}
+            )
             path = cells / f"{model}-{target.name}-{key[:16]}.json"
             if path.is_file():
                 records.extend(read_json(path))

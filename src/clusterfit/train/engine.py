@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clusterfit import distributed as dist
+from clusterfit.artifacts import write_text
 from clusterfit.config import TrainConfig
 from clusterfit.data import (
     BatchAugment,
@@ -204,7 +205,7 @@ class Trainer:
                     **self.checkpoint_extra,
                 )
                 lines = "".join(json.dumps(r) + "\n" for r in log)
-                (self.out_dir / LOG).write_text(lines)
+                write_text(self.out_dir / LOG, lines)
                 if writer is not None:
                     for key, value in row.items():
                         if isinstance(value, int | float) and key != "epoch":
