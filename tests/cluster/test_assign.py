@@ -243,3 +243,19 @@ def test_per_label_and_prototype_estimators():
     np.testing.assert_array_equal(per.predict(X[20:]), per.labels_[20:])
     assert clone(per).get_params()["n_clusters"] == 8
     np.testing.assert_array_equal(nearest_centroid(X, per.cluster_centers_), per.predict(X))
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_blockwise_update_equals_the_float64_means(spherical):
+    from clusterfit.cluster.lloyd import update_centroids
+
+    rng = np.random.default_rng(9)
+    sums = rng.normal(size=(600, 7)) * 100.0
+    counts = rng.integers(1, 50, 600).astype(np.float64)
+    prev = rng.normal(size=(600, 7)).astype(np.float32)
+    cent, n_split = update_centroids(sums, counts, prev, rng, spherical, 1 / 1024)
+    ref = sums / counts[:, None]
+    if spherical:
+        ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert n_split == 0 and cent.dtype == np.float32
+    np.testing.assert_array_equal(cent, ref.astype(np.float32))

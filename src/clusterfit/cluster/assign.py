@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -304,15 +305,17 @@ def _kernel() -> Callable[..., float]:
     return scan  # type: ignore[no-any-return]
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(n_threads: int) -> ThreadPoolExecutor:
+    """The worker pool of this process (a forked child gets its own: threads do not fork)."""
+    key = (os.getpid(), n_threads)
     with _POOL_LOCK:
-        pool = _POOLS.get(n_threads)
+        pool = _POOLS.get(key)
         if pool is None:
-            pool = _POOLS[n_threads] = ThreadPoolExecutor(n_threads, "kmeans-assign")
+            pool = _POOLS[key] = ThreadPoolExecutor(n_threads, "kmeans-assign")
         return pool
 
 
@@ -349,6 +352,7 @@ class FusedAssigner(Assigner):
         self._kernel = _kernel()
         self._bufs: list[np.ndarray] = []
         self._parts: list[tuple[np.ndarray, np.ndarray, list[float]]] = []
+        self._spare: list[tuple[np.ndarray, np.ndarray, list[float]]] = []
 
     def set_centroids(self, C: torch.Tensor) -> None:
         """Use the K x D float32 centroids C (CPU)."""
@@ -369,9 +373,12 @@ class FusedAssigner(Assigner):
         """Zero the per-thread sums and counts of workers 1.. (worker 0 adds into ``sums``)."""
         del stats
         n = self._threads()
+        shape = (self.k, self.d) if sums is not None else (0, self.d)
+        kept = [p[0] for p in self._parts + self._spare if p[0].shape == shape]
         self._parts = []
-        for _ in range(n - 1):
-            s = np.zeros((self.k, self.d) if sums is not None else (0, self.d))
+        for i in range(n - 1):
+            s = kept[i] if i < len(kept) else np.empty(shape)
+            s.fill(0.0)
             self._parts.append((s, np.zeros(self.k, dtype=np.int64), [0.0]))
 
     def finish_pass(self, sums: torch.Tensor | None, stats: torch.Tensor) -> None:
@@ -382,7 +389,7 @@ class FusedAssigner(Assigner):
                 sums.numpy()[...] += s
             st[: self.k] += c
             st[self.k] += obj[0]
-        self._parts = []
+        self._spare, self._parts = self._parts, []  # their buffers serve the next pass
 
     def assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: B x D float32 (CPU) -> (labels B int64, distances B float32)."""

@@ -329,6 +329,7 @@ class KMeans(ClusterMixin, BaseEstimator):
         centroids = centroids.cpu().numpy().astype(np.float32)
         assigner = self._make_assigner()
         split_rng = np.random.default_rng([self.seed, 2])
+        sums_buffer = torch.empty((k, dim), dtype=torch.float64, device=device)
         self.history_: list[dict[str, Any]] = []
         self.n_reseeded_ = 0
         total_iter = int(self.n_iter) + int(self.refine_iter)
@@ -344,7 +345,9 @@ class KMeans(ClusterMixin, BaseEstimator):
             for _ in range(count):
                 t0 = time.perf_counter()
                 assigner.set_centroids(torch.from_numpy(centroids).to(device))
-                sums, counts, obj, _ = lloyd_pass(src, assigner, k, dim, device, True, False)
+                sums, counts, obj, _ = lloyd_pass(
+                    src, assigner, k, dim, device, True, False, sums_buffer
+                )
                 centroids, n_split = update_centroids(
                     sums, counts, centroids, split_rng, self.spherical, SPLIT_EPS
                 )
