@@ -245,3 +245,38 @@ def test_damaged_stage_names_the_file_and_the_fix(tmp_path: Path) -> None:
     (st.dir / "weights.bin").write_bytes(b"12")
     with pytest.raises(StorageError, match=r"weights\.bin changed size.*--redo fit"):
         Stage(tmp_path, "fit", {"a": 1}, {}).is_complete()
+
+
+def test_report_averages_only_true_seeds(tmp_path: Path) -> None:
+    """Hole 8: a 256-image smoke run and a 1,020-image run of the same seed were averaged as two
+    seeds, and the combined report overwrote the first run's own report."""
+    from clusterfit.report.tables import aggregate, table_rows
+    from clusterfit.stages import probe, report
+
+    def digest(*overrides: str) -> str:
+        cfg = load_config(overrides=["data.limit=64", *overrides])
+        return probe.settings_digest(Context.create(cfg), "N_cf")
+
+    same = digest("seed=0", "name=a")
+    assert digest("seed=1", "name=b", "out_dir=elsewhere") == same
+    assert digest("data.limit=32") != same  # other data size
+    assert digest("fit.train.epochs=3") != same  # another recipe
+    assert digest("cluster.k=9") == same  # K is a record field of its own
+
+    base = {"model": "N_cf", "layer": "res5", "target": "t", "protocol": "linear"}
+    base |= {"metric": "top1", "objective": "supervised", "k": 8}
+    recs = [
+        {**base, "value": 40.0, "seed": 0, "settings": "small"},
+        {**base, "value": 60.0, "seed": 0, "settings": "large"},
+        {**base, "value": 62.0, "seed": 1, "settings": "large"},
+    ]
+    aggs = aggregate(recs)
+    assert sorted((a.key["settings"], a.n) for a in aggs) == [("large", 2), ("small", 1)]
+    header, rows = table_rows(recs)
+    assert "settings" in header and len(rows) == 2
+    header, rows = table_rows(recs[1:])  # one setting: no settings column
+    assert "settings" not in header and rows[0][-1] == "61.00 ± 1.41"
+
+    runs = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
+    assert report.default_folder(runs[:1]) == runs[0] / "report"
+    assert report.default_folder(runs) == tmp_path / "runs" / "report-a+b"

@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "report":
             from clusterfit.stages import report
 
-            out = args.out or args.runs[0] / "report"
+            out = args.out or report.default_folder(args.runs)
             report.run(args.runs, out)
             print(f"report: {out / 'index.html'}")
             return 0

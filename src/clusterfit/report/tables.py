@@ -11,7 +11,9 @@ Record schema (the probe stage's ``results.json``)::
     {"model": "N_pre" | "N_cf" | ..., "layer": "res5", "target": str,
      "protocol": "linear" | "knn" | "svm" | "lowshot", "metric": "top1" | "top5" | "mAP",
      "value": float (percent), "k": int | None, "label_noise": float | None,
-     "objective": str, "seed": int, "shots": int | None, "extra": {...}}
+     "objective": str, "seed": int, "shots": int | None, "extra": {...},
+     "settings": str (digest of what else made the quantity; records differing here are not
+     seeds of one another)}
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 REQUIRED_KEYS = ("model", "layer", "target", "protocol", "metric", "value")
-OPTIONAL_KEYS = ("k", "label_noise", "objective", "seed", "shots", "extra", "run")
+OPTIONAL_KEYS = ("k", "label_noise", "objective", "seed", "shots", "extra", "run", "settings")
 # What identifies one measured quantity; records equal on all of these are seeds of it.
 CONDITION_KEYS = (
     "model",
@@ -51,6 +53,9 @@ CONDITION_KEYS = (
     "protocol",
     "shots",
     "metric",
+    # a digest of everything else the quantity was made with (architecture, recipe, data and its
+    # size, ...): runs that differ there are not seeds of one another
+    "settings",
 )
 LAYER_ORDER = ("conv1", "res2", "res3", "res4", "res5", "pool")
 MODEL_ORDER = ("N_pre", "N_cf")
@@ -63,6 +68,7 @@ _HEADERS = {
     "protocol": "protocol",
     "shots": "shots",
     "metric": "metric",
+    "settings": "settings",
 }
 
 
@@ -172,6 +178,7 @@ def sort_key(key: dict[str, Any]) -> tuple:
         str(key["protocol"]),
         _none_first(key.get("shots")),
         str(key["metric"]),
+        str(key.get("settings") or ""),
     )
 
 
@@ -227,6 +234,13 @@ def table_rows(
         return [], []
     targets = list(dict.fromkeys(str(r["target"]) for r in recs))  # order of first appearance
     cond = [k for k in CONDITION_KEYS if k != "target" and any(a.key[k] is not None for a in aggs)]
+    if "settings" in cond:  # shown only where it tells rows apart
+        by_rest: dict[tuple, set] = {}
+        for a in aggs:
+            rest = tuple(_hashable(a.key[k]) for k in CONDITION_KEYS if k != "settings")
+            by_rest.setdefault(rest, set()).add(a.key["settings"])
+        if all(len(v) == 1 for v in by_rest.values()):
+            cond.remove("settings")
     rows: dict[tuple, dict[str, str]] = {}
     for a in aggs:
         row_key = tuple(_hashable(a.key[k]) for k in cond)

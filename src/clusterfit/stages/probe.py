@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from clusterfit.artifacts import Stage, fingerprint, read_json, write_json
-from clusterfit.config import TargetConfig, resolved_target
+from clusterfit.config import TargetConfig, resolved_fit_train, resolved_target
 from clusterfit.data import ImageSet, center_crop, load_images, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
@@ -211,6 +211,29 @@ def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
     }
 
 
+def settings_digest(ctx: Context, model: str) -> str:
+    """What a probed network and its probe were made with, seed left out: records of two runs
+    are seeds of one quantity only when these agree (architecture, recipe, data and its size,
+    clustering, probe protocol). K is a record field of its own, so it is left out too."""
+    cfg = ctx.cfg
+    probe_settings = {k: v for k, v in _probe_settings(ctx).items() if k != "seed"}
+    made: dict[str, Any] = {"data": asdict(cfg.data), "n_items": len(ctx.data())}
+    made["probe"] = probe_settings
+    if model == "N_cf":
+        made["pretrain"] = [asdict(p) for p in ctx.pretrain_configs]
+        made["extract"] = asdict(cfg.extract)
+        made["cluster"] = {k: v for k, v in asdict(cfg.cluster).items() if k != "k"}
+        made["fit"] = {"arch": fit.architecture(ctx), "train": asdict(resolved_fit_train(cfg))}
+    elif model in baselines.MODELS.values():
+        made["pretrain"] = asdict(cfg.pretrain)
+        made["baselines"] = asdict(cfg.baselines)
+    else:
+        task = int(model.rsplit("_", 1)[1]) - 1 if model[-1].isdigit() else 0
+        made["pretrain"] = asdict(ctx.pretrain_configs[task])
+        made["random"] = model == "random"
+    return fingerprint(made)[:12]
+
+
 def probe_cell(
     ctx: Context,
     net: Net,
@@ -325,8 +348,9 @@ def run(ctx: Context) -> dict[str, Any]:
                 {"model": model_fp, "target": asdict(target), "data": content, "probe": settings}
             )
             path = cells / f"{model}-{target.name}-{key[:16]}.json"
+            settings_of_model = settings_digest(ctx, model)
             if path.is_file():
-                records.extend(read_json(path))
+                records.extend({**r, "settings": settings_of_model} for r in read_json(path))
                 continue
             if net is None or model == "random":
                 net = _load_net(ctx, model)
@@ -335,7 +359,7 @@ def run(ctx: Context) -> dict[str, Any]:
             ctx.say(f"{st.name}: {model} on {target.name} ({len(train)} train / {len(test)} test)")
             cell = probe_cell(ctx, net, model, target, train, train_y, test, test_y)
             write_json(path, cell)
-            records.extend(cell)
+            records.extend({**r, "settings": settings_of_model} for r in cell)
     write_json(st.dir / "results.json", {"run": cfg.name, "records": records})
     return finish(st, {"n_records": len(records), "table": table_rows(records)})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clusterfit.artifacts import read_json
+from clusterfit.artifacts import fingerprint, read_json
 from clusterfit.errors import ClusterFitError
 
 
@@ -35,6 +35,18 @@ def gather(run_dirs: list[Path]) -> list[dict[str, Any]]:
                 seen.add(key)
                 records.append({**r, "run": results.get("run", Path(run_dir).name)})
     return records
+
+
+def default_folder(run_dirs: list[Path]) -> Path:
+    """Where a report goes without ``--out``: ``RUN/report`` for one run; for several, a folder
+    of its own beside the first (``runs/report-A+B``), so no run's own report is overwritten."""
+    runs = [Path(r) for r in run_dirs]
+    if len(runs) == 1:
+        return runs[0] / "report"
+    names = "+".join(r.name for r in runs)
+    if len(names) > 80:
+        names = f"{len(runs)}-runs-{fingerprint(sorted(map(str, runs)))[:10]}"
+    return runs[0].parent / f"report-{names}"
 
 
 def run(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
