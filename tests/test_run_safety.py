@@ -97,11 +97,10 @@ def test_weak_labels_file_content_keys_n_pre(tmp_path: Path) -> None:
     cfg = load_config(
         overrides=["pretrain.objective=weak", f"pretrain.weak_labels={labels}", "data.limit=20"]
     )
-    ctx = Context.create(cfg)
-    first = pretrain.stage(ctx).fingerprint
+    first = pretrain.stage(Context.create(cfg)).fingerprint
     labels.write_text(json.dumps({"0": [2]}))
     os.utime(labels, ns=(1, 1))  # a new mtime, as an edit gives
-    assert pretrain.stage(ctx).fingerprint != first
+    assert pretrain.stage(Context.create(cfg)).fingerprint != first
 
 
 HOLDER = textwrap.dedent(
@@ -255,7 +254,9 @@ def test_report_averages_only_true_seeds(tmp_path: Path) -> None:
 
     def digest(*overrides: str) -> str:
         cfg = load_config(overrides=["data.limit=64", *overrides])
-        return probe.settings_digest(Context.create(cfg), "N_cf")
+        ctx = Context.create(cfg)
+        ncf = next(m for m in probe.probed(ctx) if m.kind == "fit")
+        return probe.settings_digest(ctx, ncf)
 
     same = digest("seed=0", "name=a")
     assert digest("seed=1", "name=b", "out_dir=elsewhere") == same

@@ -59,7 +59,10 @@ class TrainConfig:
     flip: bool = True
     color_jitter: float = 0.0  # brightness / contrast / saturation strength in [0, 1)
     amp: bool = True  # bfloat16 autocast on GPU; ignored on CPU
-    channels_last: bool = True  # image networks train in channels-last memory format (faster)
+    # image networks train in channels-last memory format (faster), except on the CPU where a
+    # network has a convolution that torch's CPU backward crashes on in that layout
+    # (models.net.channels_last_is_safe)
+    channels_last: bool = True
 
 
 @dataclass

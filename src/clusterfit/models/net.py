@@ -466,3 +466,22 @@ def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> in
             m.momentum = momentum
         net.train(was_training)
     return seen
+
+
+def channels_last_is_safe(net: nn.Module, device: torch.device | str) -> bool:
+    """Whether training ``net`` in channels-last layout is safe on ``device``.
+
+    On the CPU, the oneDNN backward pass of a 1 x 1 convolution with stride 2 and fewer than 16
+    input channels crashes the process (segmentation fault; measured with torch 2.14 on inputs
+    of 64 px and more, e.g. the shortcut of a width-8 ``resnet_cifar``). Such networks train in
+    the contiguous layout there; everything else (and everything on a GPU) may use channels-last.
+    """
+    if torch.device(device).type != "cpu":
+        return True
+    return not any(
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and max(m.stride) > 1
+        and m.in_channels < 16
+        for m in net.modules()
+    )

@@ -20,7 +20,7 @@ import torch
 
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
-from clusterfit.stages import pretrain
+from clusterfit.stages import graph, pretrain
 from clusterfit.stages.context import Context, up_to_date
 from clusterfit.train.distill import distillation_loss
 from clusterfit.train.engine import CHECKPOINT
@@ -34,6 +34,7 @@ def enabled(ctx: Context) -> list[str]:
     return [key for key, on in (("pre2x", b.pre2x), ("distill", b.distill)) if on]
 
 
+@graph.memo("baselines")
 def stage(ctx: Context, key: str) -> Stage:
     """The folder and fingerprint of one baseline."""
     cfg = ctx.cfg
@@ -45,7 +46,7 @@ def stage(ctx: Context, key: str) -> Stage:
         config["temperature"] = cfg.baselines.temperature
         config["alpha"] = cfg.baselines.alpha
         inputs["teacher"] = pretrain.stage(ctx).fingerprint
-    return Stage(ctx.run_dir, f"baseline-{key}", config, inputs)
+    return Stage(ctx.run_dir, graph.folder("baselines", key=key), config, inputs)
 
 
 def _pre2x_epochs(ctx: Context) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from clusterfit.artifacts import Stage, save_npy, write_json
 from clusterfit.cluster import KMeans, cluster_stats, per_label_kmeans, prototype_clusters
 from clusterfit.errors import ClusterFitError
-from clusterfit.stages import extract
+from clusterfit.stages import extract, graph
 from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 
 NAME = "clusters"
@@ -25,9 +25,10 @@ NAME = "clusters"
 
 def folder(ctx: Context, task: int = 0) -> str:
     """``clusters`` (``clusters-<n>`` for the n-th N_pre), suffixed by the K of a sweep."""
-    return ctx.folder(NAME if task == 0 else f"{NAME}-{task + 1}")
+    return graph.folder("cluster", task=task, variant=ctx.variant)
 
 
+@graph.memo("cluster")
 def stage(ctx: Context, task: int = 0) -> Stage:
     """The clustering of the ``task``-th N_pre's features: its config, the seed, the features."""
     config = {"cluster": asdict(ctx.cfg.cluster), "seed": ctx.cfg.seed}

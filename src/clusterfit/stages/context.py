@@ -55,6 +55,8 @@ class Context:
     _data: ImageSet | None = field(default=None, repr=False)
     # probe targets once loaded, by name (shared by every K of a sweep)
     targets: dict[str, Any] = field(default_factory=dict, repr=False)
+    # every Stage of the run, built once (see clusterfit.stages.graph.memo)
+    stages: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(

@@ -24,7 +24,7 @@ from clusterfit import distributed as dist
 from clusterfit.artifacts import Stage, atomic_write, write_text
 from clusterfit.data import ImageSet, center_crop, to_float
 from clusterfit.models import Net
-from clusterfit.stages import pretrain
+from clusterfit.stages import graph, pretrain
 from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 from clusterfit.train.engine import CHECKPOINT
 
@@ -93,9 +93,10 @@ def compute_features(
 
 def folder(task: int) -> str:
     """``features`` for N_pre, ``features-<n>`` for the n-th N_pre of a multi-task run."""
-    return NAME if task == 0 else f"{NAME}-{task + 1}"
+    return graph.folder("extract", task=task)
 
 
+@graph.memo("extract")
 def stage(ctx: Context, task: int = 0) -> Stage:
     """The extract stage of the ``task``-th N_pre: its config, N_pre's and the data's prints."""
     pre = pretrain.stage(ctx, task)

@@ -20,7 +20,7 @@ from clusterfit.config import resolved_fit_train
 from clusterfit.data import channel_stats
 from clusterfit.models import Net, build_from_args, load_checkpoint
 from clusterfit.models.registry import MODULE_ARCH
-from clusterfit.stages import cluster
+from clusterfit.stages import cluster, graph
 from clusterfit.stages.context import Context, finish, start, up_to_date
 from clusterfit.stages.pretrain import log_summary, new_network
 from clusterfit.train.engine import Trainer
@@ -57,6 +57,7 @@ def _new_ncf(ctx: Context, heads: list[int]) -> Net:
     return build_from_args(args, ctx.module_factory)
 
 
+@graph.memo("fit")
 def stage(ctx: Context) -> Stage:
     """The fit stage: N_cf's resolved architecture and recipe, the seed, clusterings and data."""
     arch, kwargs = architecture(ctx)
@@ -71,7 +72,7 @@ def stage(ctx: Context) -> Stage:
         for task in range(len(ctx.pretrain_configs))
     }
     inputs["data"] = ctx.data().fingerprint
-    return Stage(ctx.run_dir, ctx.folder(NAME), config, inputs)
+    return Stage(ctx.run_dir, graph.folder("fit", variant=ctx.variant), config, inputs)
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from clusterfit.data import ImageSet, channel_stats
 from clusterfit.errors import ClusterFitError
 from clusterfit.models import Net, create_model, save_checkpoint
 from clusterfit.pretext import Objective, get_objective
+from clusterfit.stages import graph
 from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 from clusterfit.train.engine import CHECKPOINT, Trainer
 
@@ -31,7 +32,7 @@ NAME = "pretrain"
 
 def folder(task: int) -> str:
     """``pretrain`` for N_pre, ``pretrain-<n>`` for the n-th N_pre of a multi-task run."""
-    return NAME if task == 0 else f"{NAME}-{task + 1}"
+    return graph.folder("pretrain", task=task)
 
 
 def model_name(task: int) -> str:
@@ -39,6 +40,7 @@ def model_name(task: int) -> str:
     return "N_pre" if task == 0 else f"N_pre_{task + 1}"
 
 
+@graph.memo("pretrain")
 def stage(ctx: Context, task: int = 0) -> Stage:
     """The folder and fingerprint of the ``task``-th N_pre (its recipe, the seed and the data;
     for a given network, a digest of its weights or of its checkpoint file)."""

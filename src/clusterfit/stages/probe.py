@@ -29,12 +29,11 @@ from clusterfit.data import ImageSet, center_crop, load_images, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.models import Net, build_from_args, recalibrate_batchnorm
-from clusterfit.stages import baselines, fit, pretrain
+from clusterfit.stages import baselines, fit, graph, pretrain
 from clusterfit.stages.context import Context, finish, start, up_to_date
 from clusterfit.stages.extract import compute_features
 from clusterfit.train.engine import CHECKPOINT
 
-NAME = "probe"
 CELLS = "probe_cells"  # beside probe/, so that a redone probe stage keeps the finished cells
 #: How the random-init floor is made (part of its cells' keys): BatchNorm statistics re-estimated
 #: on up to RANDOM_BN_IMAGES train images of the target (:func:`random_floor`).
@@ -50,19 +49,29 @@ def _probe_settings(ctx: Context) -> dict[str, Any]:
     return {**p, "seed": ctx.cfg.seed}
 
 
-def _models(ctx: Context) -> dict[str, str]:
-    """``{model name: fingerprint}`` of the networks to probe."""
-    out = {}
+def probed(ctx: Context) -> list[graph.Probed]:
+    """The networks to probe, in table order: the random-init floor, every N_pre, the baselines,
+    N_cf. The floor's stage is N_pre's (its architecture), its name keys its own cells."""
+    out = []
     if ctx.cfg.probe.random_baseline:
-        out["random"] = fingerprint(
-            {"random_init_of": pretrain.stage(ctx).fingerprint, "floor": RANDOM_FLOOR}
-        )
+        out.append(graph.Probed("random", "random", pretrain.stage(ctx)))
     for task in range(len(ctx.pretrain_configs)):
-        out[pretrain.model_name(task)] = pretrain.stage(ctx, task).fingerprint
-    out["N_cf"] = fit.stage(ctx).fingerprint
+        out.append(
+            graph.Probed(pretrain.model_name(task), "pretrain", pretrain.stage(ctx, task), task)
+        )
     for key in baselines.enabled(ctx):
-        out[baselines.MODELS[key]] = baselines.stage(ctx, key).fingerprint
+        out.append(
+            graph.Probed(baselines.MODELS[key], "baselines", baselines.stage(ctx, key), key=key)
+        )
+    out.append(graph.Probed("N_cf", "fit", fit.stage(ctx)))
     return out
+
+
+def model_fingerprint(m: graph.Probed) -> str:
+    """What a probed network's cells are keyed by."""
+    if m.kind == "random":
+        return fingerprint({"random_init_of": m.stage.fingerprint, "floor": RANDOM_FLOOR})
+    return m.stage.fingerprint
 
 
 def targets(ctx: Context) -> list[tuple[TargetConfig, tuple]]:
@@ -86,36 +95,23 @@ def target_fingerprint(loaded: tuple) -> str:
     return fingerprint([train.fingerprint, test.fingerprint, labels.hexdigest()])
 
 
+@graph.memo("probe")
 def stage(ctx: Context) -> Stage:
     """The probe stage: its settings, the targets (their settings and their content) and the
     probed networks' fingerprints."""
     loaded = targets(ctx)
     config = {"probe": _probe_settings(ctx), "targets": [asdict(t) for t, _ in loaded]}
-    inputs = _models(ctx)
+    inputs = {m.name: model_fingerprint(m) for m in probed(ctx)}
     inputs |= {f"target:{t.name}": target_fingerprint(data) for t, data in loaded}
-    return Stage(ctx.run_dir, ctx.folder(NAME), config, inputs)
+    return Stage(ctx.run_dir, graph.folder("probe", variant=ctx.variant), config, inputs)
 
 
-def _checkpoint(ctx: Context, name: str) -> Path:
-    """Where the probed network ``name`` was saved."""
-    if name == "N_cf":
-        st = fit.stage(ctx)
-        st.require("fit")
-        return st.dir / CHECKPOINT
-    for key, model in baselines.MODELS.items():
-        if name == model:
-            st = baselines.stage(ctx, key)
-            st.require("baselines")
-            return st.dir / CHECKPOINT
-    task = 0 if name in ("N_pre", "random") else int(name.rsplit("_", 1)[1]) - 1
-    st = pretrain.stage(ctx, task)
-    st.require("pretrain")
-    return st.dir / CHECKPOINT
-
-
-def _load_net(ctx: Context, name: str) -> Net:
-    net = ctx.load_model(_checkpoint(ctx, name))
-    if name != "random":
+def _load_net(ctx: Context, m: graph.Probed) -> Net:
+    """The probed network: its stage's checkpoint (that stage must be complete), or for the
+    random floor a fresh, seeded network of N_pre's architecture."""
+    m.stage.require({"pretrain": "pretrain", "random": "pretrain"}.get(m.kind, m.kind))
+    net = ctx.load_model(m.stage.dir / CHECKPOINT)
+    if m.kind != "random":
         return net
     torch.manual_seed(ctx.cfg.seed + 2)
     return build_from_args(net.model_args, ctx.module_factory)
@@ -194,16 +190,11 @@ def _n_clusters(ctx: Context) -> int:
     return int(meta["summary"]["k"])
 
 
-def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
+def _context_fields(ctx: Context, m: graph.Probed) -> dict[str, Any]:
     """The facts a report groups by: K (N_cf only), N_pre's objective and label noise, seed."""
-    task = (
-        int(model.rsplit("_", 1)[1]) - 1
-        if model.startswith("N_pre_") and model[-1].isdigit()
-        else 0
-    )
-    p = ctx.pretrain_configs[task]
+    p = ctx.pretrain_configs[m.task]
     return {
-        "k": _n_clusters(ctx) if model == "N_cf" else None,
+        "k": _n_clusters(ctx) if m.kind == "fit" else None,
         "label_noise": p.label_noise if p.objective == "supervised" else None,
         "objective": p.objective,
         "seed": ctx.cfg.seed,
@@ -211,7 +202,7 @@ def _context_fields(ctx: Context, model: str) -> dict[str, Any]:
     }
 
 
-def settings_digest(ctx: Context, model: str) -> str:
+def settings_digest(ctx: Context, m: graph.Probed) -> str:
     """What a probed network and its probe were made with, seed left out: records of two runs
     are seeds of one quantity only when these agree (architecture, recipe, data and its size,
     clustering, probe protocol). K is a record field of its own, so it is left out too."""
@@ -219,25 +210,24 @@ def settings_digest(ctx: Context, model: str) -> str:
     probe_settings = {k: v for k, v in _probe_settings(ctx).items() if k != "seed"}
     made: dict[str, Any] = {"data": asdict(cfg.data), "n_items": len(ctx.data())}
     made["probe"] = probe_settings
-    if model == "N_cf":
+    if m.kind == "fit":
         made["pretrain"] = [asdict(p) for p in ctx.pretrain_configs]
         made["extract"] = asdict(cfg.extract)
         made["cluster"] = {k: v for k, v in asdict(cfg.cluster).items() if k != "k"}
         made["fit"] = {"arch": fit.architecture(ctx), "train": asdict(resolved_fit_train(cfg))}
-    elif model in baselines.MODELS.values():
+    elif m.kind == "baselines":
         made["pretrain"] = asdict(cfg.pretrain)
         made["baselines"] = asdict(cfg.baselines)
     else:
-        task = int(model.rsplit("_", 1)[1]) - 1 if model[-1].isdigit() else 0
-        made["pretrain"] = asdict(ctx.pretrain_configs[task])
-        made["random"] = model == "random"
+        made["pretrain"] = asdict(ctx.pretrain_configs[m.task])
+        made["random"] = m.kind == "random"
     return fingerprint(made)[:12]
 
 
 def probe_cell(
     ctx: Context,
     net: Net,
-    model: str,
+    m: graph.Probed,
     target: TargetConfig,
     train: ImageSet,
     train_y: np.ndarray,
@@ -254,10 +244,10 @@ def probe_cell(
     layers = list(dict.fromkeys(wanted))
     pool = functools.partial(pool_to_dims, max_dims=pc.max_dims)
     common = {"batch_size": pc.batch_size, "device": ctx.device, "progress": ctx.progress}
-    feats_train = compute_features(net, train, layers, pool=pool, desc=f"{model} train", **common)
-    feats_test = compute_features(net, test, layers, pool=pool, desc=f"{model} test", **common)
+    feats_train = compute_features(net, train, layers, pool=pool, desc=f"{m.name} train", **common)
+    feats_test = compute_features(net, test, layers, pool=pool, desc=f"{m.name} test", **common)
     assert feats_train is not None and feats_test is not None
-    base = {"model": model, "target": target.name, **_context_fields(ctx, model)}
+    base = {"model": m.name, "target": target.name, **_context_fields(ctx, m)}
     records = []
 
     def record(layer: str, protocol: str, metric: str, value: float, **extra: Any) -> None:
@@ -332,34 +322,40 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg, st = ctx.cfg, stage(ctx)
     if (meta := up_to_date(ctx, st)) is not None:
         return meta
-    for model in _models(ctx):
-        _checkpoint(ctx, model)
+    models = probed(ctx)
+    for m in models:
+        m.stage.require({"random": "pretrain"}.get(m.kind, m.kind))
     loaded = targets(ctx)
     start(st)
     cells = ctx.run_dir / CELLS
     settings = _probe_settings(ctx)
     records: list[dict[str, Any]] = []
-    for model, model_fp in _models(ctx).items():
+    for m in models:
         net = None
+        made_with = settings_digest(ctx, m)
         for target, data in loaded:
             train, train_y, test, test_y = data
             content = target_fingerprint(data)
             key = fingerprint(
-                {"model": model_fp, "target": asdict(target), "data": content, "probe": settings}
+                {
+                    "model": model_fingerprint(m),
+                    "target": asdict(target),
+                    "data": content,
+                    "probe": settings,
+                }
             )
-            path = cells / f"{model}-{target.name}-{key[:16]}.json"
-            settings_of_model = settings_digest(ctx, model)
+            path = cells / f"{m.name}-{target.name}-{key[:16]}.json"
             if path.is_file():
-                records.extend({**r, "settings": settings_of_model} for r in read_json(path))
+                records.extend({**r, "settings": made_with} for r in read_json(path))
                 continue
-            if net is None or model == "random":
-                net = _load_net(ctx, model)
-            if model == "random":
+            if net is None or m.kind == "random":
+                net = _load_net(ctx, m)
+            if m.kind == "random":
                 net = random_floor(ctx, net, train)
-            ctx.say(f"{st.name}: {model} on {target.name} ({len(train)} train / {len(test)} test)")
-            cell = probe_cell(ctx, net, model, target, train, train_y, test, test_y)
+            ctx.say(f"{st.name}: {m.name} on {target.name} ({len(train)} train / {len(test)} test)")
+            cell = probe_cell(ctx, net, m, target, train, train_y, test, test_y)
             write_json(path, cell)
-            records.extend({**r, "settings": settings_of_model} for r in cell)
+            records.extend({**r, "settings": made_with} for r in cell)
     write_json(st.dir / "results.json", {"run": cfg.name, "records": records})
     return finish(st, {"n_records": len(records), "table": table_rows(records)})
 

@@ -46,6 +46,7 @@ from clusterfit.data import (
     to_float,
 )
 from clusterfit.models import Net, load_checkpoint, save_checkpoint
+from clusterfit.models.net import channels_last_is_safe
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -161,7 +162,7 @@ class Trainer:
         """Train to ``cfg.epochs``, resuming from ``checkpoint.pt`` if present; returns the log."""
         cfg, net, device = self.cfg, self.net, self.device
         net.to(device)
-        if cfg.channels_last and net.spatial_dims == 2:
+        if cfg.channels_last and net.spatial_dims == 2 and channels_last_is_safe(net, device):
             net.channels_last()  # same results, faster convolutions (oneDNN, tensor cores)
         optimizer = torch.optim.SGD(
             net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
