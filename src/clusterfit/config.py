@@ -130,7 +130,9 @@ class ClusterConfig:
     n_iter: int = 25
     spherical: bool = False
     init: str = "random"  # random | k-means++
-    backend: str = "auto"  # auto | faiss | torch
+    # auto (torch on CUDA; on CPU fused when numba is installed, else faiss, else torch) |
+    # fused (cache-blocked CPU assignment fused with the centroid sums) | faiss | torch
+    backend: str = "auto"
     subsample: float | None = None  # a fraction (<= 1) or a count of points to train on
     refine_iter: int = 0  # more iterations over all points after training on the subsample
     pca_dim: int | None = None
@@ -240,7 +242,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "fit.train.schedule": ("cosine", "step"),
     "cluster.method": ("kmeans", "per_label", "prototype"),
     "cluster.init": ("random", "k-means++"),
-    "cluster.backend": ("auto", "faiss", "torch"),
+    "cluster.backend": ("auto", "fused", "faiss", "torch"),
 }
 
 

@@ -3,7 +3,9 @@
 ``cluster.method``: ``kmeans`` (the paper's), ``per_label`` (k-means within each label, k_l ∝ √n_l,
 §5.2) or ``prototype`` (per-label means as centres, one assignment step, App. A). Writes
 ``clusters/assignments.npy`` (N int64), ``centroids.npy`` (K x D), ``stats.json`` (objective per
-iteration, cluster sizes, empty clusters, NMI/ARI/purity against true labels when known).
+iteration, cluster sizes, empty clusters, NMI/ARI/purity against true labels when known, the
+k-means backend used). ``cluster.backend`` (auto | fused | faiss | torch) goes to both k-means
+methods.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     history: list[dict[str, Any]] = []
     reseeded = 0
+    backend = None  # the k-means backend used (method=kmeans)
     if c.method == "kmeans":
         km = KMeans(
             c.k,
@@ -81,9 +84,18 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         ).fit(X)
         assignments, centroids = km.labels_, km.cluster_centers_
         history, reseeded = km.history_, km.n_reseeded_
+        backend = km.backend_
     elif c.method == "per_label":
         assignments, centroids, _ = per_label_kmeans(
-            X, labels, c.k, seed=cfg.seed, n_iter=c.n_iter, spherical=c.spherical
+            X,
+            labels,
+            c.k,
+            seed=cfg.seed,
+            n_iter=c.n_iter,
+            spherical=c.spherical,
+            backend=c.backend,
+            device=str(ctx.device),
+            progress=ctx.progress,
         )
     else:
         assignments, centroids = prototype_clusters(X, labels, spherical=c.spherical)
@@ -97,6 +109,8 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         n_reseeded=reseeded,
     )
     stats["seconds"] = round(seconds, 3)
+    if backend is not None:
+        stats["backend"] = backend
     save_npy(st.dir / "assignments.npy", np.asarray(assignments, dtype=np.int64))
     save_npy(st.dir / "centroids.npy", np.asarray(centroids, dtype=np.float32))
     write_json(st.dir / "stats.json", stats)
