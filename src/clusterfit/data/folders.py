@@ -35,15 +35,20 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(folder: Path) -> list[str]:
-    """All image files below ``folder`` (any depth, hidden entries skipped), sorted by path."""
+def _walk_images(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[str]:
+    """All files with ``extensions`` below ``folder`` (any depth, hidden entries skipped), sorted
+    by path."""
     top = str(folder)
     found: list[tuple[str, str]] = []  # (relative name with "/", absolute path)
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
         rel = "" if rel == "." else rel + "/"
-        found.extend((rel + f, os.path.join(dirpath, f)) for f in filenames if is_image_file(f))
+        found.extend(
+            (rel + f, os.path.join(dirpath, f))
+            for f in filenames
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions
+        )
     found.sort()
     return [p for _, p in found]
 
@@ -63,8 +68,17 @@ def resolve_split_folder(root: Path, split: str | None) -> Path:
     )
 
 
-def list_image_folder(source: Path, split: str | None = None) -> FileList:
+def list_image_folder(
+    source: Path,
+    split: str | None = None,
+    *,
+    extensions: frozenset[str] = IMAGE_EXTENSIONS,
+    what: str = "images",
+) -> FileList:
     """List the images of a folder (layouts in the module docstring) as a :class:`FileList`.
+
+    ``extensions`` / ``what``: the files to list and their name in messages (video folders pass
+    :data:`clusterfit.data.video.VIDEO_EXTENSIONS` and ``"videos"``).
 
     Raises DataError when the folder or the split folder does not exist, holds no images, or mixes
     class folders with loose images.
@@ -82,10 +96,14 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
                 continue
             if entry.is_dir():
                 class_dirs.append(entry.name)
-            elif entry.is_file() and is_image_file(entry.name):
+            elif (
+                entry.is_file()
+                and not entry.name.startswith(".")
+                and os.path.splitext(entry.name)[1].lower() in extensions
+            ):
                 loose.append(os.path.join(str(root), entry.name))
     class_dirs.sort()
-    per_class = {c: _walk_images(root / c) for c in class_dirs}
+    per_class = {c: _walk_images(root / c, extensions) for c in class_dirs}
     empty = [c for c in class_dirs if not per_class[c]]
     labelled = len(empty) < len(class_dirs)
 
@@ -97,7 +115,7 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
         )
     if not labelled and not loose:
         raise DataError(
-            f"no images found in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, "
+            f"no {what} found in {root} (looked for {', '.join(sorted(extensions))}, "
             "directly in it or in class sub-folders). Check the path"
             + (" and the split" if split else "")
             + "."
@@ -110,7 +128,7 @@ def list_image_folder(source: Path, split: str | None = None) -> FileList:
 
     if empty:
         warnings.warn(
-            f"class folder(s) without images in {root}: {empty[:10]}; they are kept as classes "
+            f"class folder(s) without {what} in {root}: {empty[:10]}; they are kept as classes "
             "with no items.",
             stacklevel=3,
         )

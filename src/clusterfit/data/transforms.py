@@ -305,3 +305,36 @@ def channel_stats(
     var = (s2 / n - mean.square()).clamp_(min=0)
     scale = 255.0 if images.dtype == torch.uint8 else 1.0
     return (mean / scale).tolist(), (var.sqrt() / scale).tolist()
+
+
+class ClipCropFlip:
+    """Random crop + horizontal flip of video clips, the same window and flip for every frame of
+    a clip (paper §4.1.2: a random ``C x C`` crop of the ``S x S`` frames, e.g. 112 of 128).
+
+    ``aug(clips, generator)``: uint8 (or float in [0, 1]) B x C x T x H x W -> float32
+    B x C x T x size x size in [0, 1]. Offsets are uniform over ``0 .. H - size`` (and W).
+    """
+
+    def __init__(self, size: int, flip: bool = True) -> None:
+        self.size = int(size)
+        self.flip = flip
+
+    def __call__(self, clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if clips.ndim != 5:
+            raise ValueError(f"expected B x C x T x H x W clips, got {tuple(clips.shape)}")
+        b, _, _, h, w = clips.shape
+        if not 1 <= self.size <= min(h, w):
+            raise ValueError(f"crop {self.size} does not fit in {h} x {w} frames")
+        u = _draw((b, 3), generator, torch.device("cpu")).double()
+        tops = (u[:, 0] * (h - self.size + 1)).long().clamp_(max=h - self.size).tolist()
+        lefts = (u[:, 1] * (w - self.size + 1)).long().clamp_(max=w - self.size).tolist()
+        flips = (u[:, 2] < 0.5).tolist() if self.flip else [False] * b
+        out = []
+        for i in range(b):
+            y, x = tops[i], lefts[i]
+            crop = clips[i, :, :, y : y + self.size, x : x + self.size]
+            out.append(crop.flip(-1) if flips[i] else crop)
+        return to_float(torch.stack(out))
+
+    def __repr__(self) -> str:
+        return f"ClipCropFlip(size={self.size}, flip={self.flip})"
