@@ -29,6 +29,7 @@ CASES: dict[str, tuple[dict, tuple[int, ...], str]] = {
     "resnet101": ({}, (2, 3, 32, 32), "meta"),
     "resnet152": ({}, (2, 3, 32, 32), "meta"),
     "r2plus1d_18": ({}, (1, 3, 4, 32, 32), "cpu"),
+    "r2plus1d_narrow": ({"width": 4, "depth": 1}, (2, 3, 4, 32, 32), "cpu"),
     "efficientnet_lite0": ({}, (1, 3, 32, 32), "cpu"),
     "timm:resnet10t": ({}, (2, 3, 32, 32), "cpu"),
 }

@@ -18,6 +18,7 @@ from clusterfit.models.registry import (
     register_model,
 )
 from clusterfit.models.resnet_cifar import ResNetCifar
+from clusterfit.models.video import r2plus1d_trunk  # registers r2plus1d_narrow
 
 __all__ = [
     "CANONICAL_LAYERS",
@@ -35,6 +36,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_model",
+    "r2plus1d_trunk",
     "recalibrate_batchnorm",
     "register_model",
     "save_checkpoint",

