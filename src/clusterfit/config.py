@@ -21,6 +21,20 @@ from clusterfit.errors import ConfigError
 
 
 @dataclass
+class VideoConfig:
+    """How clips are cut from a video source (paper §4.1.2): ``clip_frames`` T frames every
+    ``frame_stride`` frames; ``clips_per_video`` clips uniformly spaced over a video, whose
+    features are averaged into the video-level feature (paper: 6); ``fps``: resample every video
+    to this frame rate (null: frames as decoded). ``image_size`` is the frames' side S (paper 128)
+    and ``crop_size`` the crop C (paper 112). Used by D_cf and every video probe target."""
+
+    clip_frames: int = 8
+    frame_stride: int = 2
+    clips_per_video: int = 6
+    fps: float | None = None
+
+
+@dataclass
 class DataConfig:
     """The dataset D_cf that N_pre is trained on (when trained here), clustered and re-fit on.
 
@@ -39,6 +53,7 @@ class DataConfig:
     image_size: int | None = None
     crop_size: int | None = None
     limit: int | None = None
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass
@@ -355,6 +370,13 @@ def validate(cfg: RunConfig) -> None:
     if not 0.0 <= cfg.baselines.alpha <= 1.0 or cfg.baselines.temperature <= 0:
         raise ConfigError("'baselines.alpha' must be in [0, 1] and 'baselines.temperature' > 0")
     _check_sizes("data", cfg.data.image_size, cfg.data.crop_size)
+    v = cfg.data.video
+    if min(v.clip_frames, v.frame_stride, v.clips_per_video) < 1:
+        raise ConfigError(
+            "'data.video.clip_frames', '.frame_stride' and '.clips_per_video' must be at least 1"
+        )
+    if v.fps is not None and not v.fps > 0:
+        raise ConfigError(f"'data.video.fps' must be positive (or null), got {v.fps}")
     for i, train in enumerate([cfg.pretrain.train, cfg.fit.train]):
         jitter = train.color_jitter
         if jitter is not None and not 0.0 <= jitter < 1.0:

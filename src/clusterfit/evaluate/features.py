@@ -41,8 +41,9 @@ def pool_to_dims(fmap: torch.Tensor, max_dims: int = 9216) -> torch.Tensor:
     """Average-pool a feature map to at most ``max_dims`` dimensions and flatten it.
 
     Args:
-        fmap: B x C x H x W feature map (any floating dtype, any device). A B x D tensor (an
-            already pooled feature, e.g. the "pool" layer) is returned unchanged.
+        fmap: B x C x H x W feature map (any floating dtype, any device), or a video map
+            B x C x T x H x W, which is averaged over T first. A B x D tensor (an already pooled
+            feature, e.g. the "pool" layer) is returned unchanged.
         max_dims: the target dimension (the paper's "about 9k": 9216 = 2048 * 2 * 2 for res5 of
             a ResNet-50, 256 * 6 * 6 for res2, 64 * 12 * 12 for conv1).
 
@@ -53,6 +54,8 @@ def pool_to_dims(fmap: torch.Tensor, max_dims: int = 9216) -> torch.Tensor:
     """
     if fmap.dim() == 2:
         return fmap
+    if fmap.dim() == 5:  # video B x C x T x H x W: averaged over time first (paper §4.1.2)
+        fmap = fmap.mean(dim=2)
     if fmap.dim() != 4:
         raise ClusterFitError(
             f"pool_to_dims: expected a B x C x H x W feature map, got shape {tuple(fmap.shape)}"

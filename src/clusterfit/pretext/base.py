@@ -83,7 +83,8 @@ class Objective(ABC):
         """Network input and per-head targets for one batch.
 
         Args:
-            x: float ``B x C x H x W`` in [0, 1], already augmented.
+            x: float ``B x C x H x W`` in [0, 1], already augmented (or video clips
+                ``B x C x T x H x W``, paper §4.1.2: labels and weak labels are per video).
             targets: per head, the batch's rows of :meth:`item_targets` (each B, int64, or
                 ``B x K`` multi-hot for multi-label objectives); empty for RotNet / Jigsaw.
             generator: the source of any randomness (Jigsaw's crops and permutations).
@@ -91,7 +92,7 @@ class Objective(ABC):
         Returns:
             ``(inputs, targets)``. This default passes both through unchanged.
         """
-        check_images(x, self.name)
+        check_images(x, self.name, clips=True)
         targets = list(targets)
         for t in targets:
             if t.shape[0] != x.shape[0]:
@@ -126,9 +127,11 @@ class Objective(ABC):
         return f"{type(self).__name__}({args})"
 
 
-def check_images(x: torch.Tensor, who: str) -> None:
-    """Raise unless ``x`` is a float ``B x C x H x W`` batch (what the engine hands over)."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+def check_images(x: torch.Tensor, who: str, clips: bool = False) -> None:
+    """Raise unless ``x`` is a float ``B x C x H x W`` batch (what the engine hands over), or
+    with ``clips`` also a ``B x C x T x H x W`` batch of video clips."""
+    ok_dims = (4, 5) if clips else (4,)
+    if not isinstance(x, torch.Tensor) or x.ndim not in ok_dims or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ClusterFitError(
             f"objective {who!r} expects float images B x C x H x W in [0, 1], got {shape}"

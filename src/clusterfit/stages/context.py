@@ -16,8 +16,8 @@ from torch import nn
 
 from clusterfit import distributed as dist
 from clusterfit.artifacts import Stage, versions
-from clusterfit.config import PretrainConfig, RunConfig
-from clusterfit.data import ImageSet, load_images
+from clusterfit.config import PretrainConfig, RunConfig, VideoConfig
+from clusterfit.data import ImageSet, VideoClipSettings, VideoSet, load_dataset
 from clusterfit.errors import ConfigError
 from clusterfit.models import Net, load_model
 
@@ -52,7 +52,7 @@ class Context:
     n_pre: Net | None = None
     module_factory: Callable[[], nn.Module] | None = None
     redo: frozenset[str] = frozenset()
-    _data: ImageSet | None = field(default=None, repr=False)
+    _data: ImageSet | VideoSet | None = field(default=None, repr=False)
     # probe targets once loaded, by name (shared by every K of a sweep)
     targets: dict[str, Any] = field(default_factory=dict, repr=False)
     # every Stage of the run, built once (see clusterfit.stages.graph.memo)
@@ -95,11 +95,12 @@ class Context:
     def progress(self) -> bool:
         return self.cfg.progress and dist.is_main_process()
 
-    def data(self) -> ImageSet:
-        """D_cf, the dataset that N_pre trains on, whose features are clustered, and N_cf fits."""
+    def data(self) -> ImageSet | VideoSet:
+        """D_cf, the dataset that N_pre trains on, whose features are clustered, and N_cf fits:
+        images, or videos (a folder / CSV of video files, paper §4.1.2)."""
         if self._data is None:
             d = self.cfg.data
-            self._data = load_images(
+            self._data = load_dataset(
                 d.source,
                 d.split,
                 image_size=d.image_size,
@@ -107,6 +108,8 @@ class Context:
                 limit=d.limit,
                 seed=self.cfg.seed,
                 progress=self.progress,
+                clip=clip_settings(d.video),
+                fps=d.video.fps,
             )
         return self._data
 
@@ -114,6 +117,11 @@ class Context:
         """Print a line on the main process."""
         if dist.is_main_process():
             print(message, flush=True)
+
+
+def clip_settings(video: VideoConfig) -> VideoClipSettings:
+    """The data layer's clip settings from the config's ``data.video``."""
+    return VideoClipSettings(video.clip_frames, video.frame_stride, video.clips_per_video)
 
 
 #: What ``--redo`` accepts: command names and folder names of the stages.

@@ -1,10 +1,12 @@
 """Stage 2: N_pre's features of every item of D_cf (paper §3.1).
 
 One layer (``extract.layer``: ``pool`` = the penultimate, average-pooled res5 output, or a named
-layer, global-average-pooled), optionally L2-normalised, written by item index into
-``features/<layer>.npy`` (an N x D float32 ``.npy`` that later stages open as a memmap). Under
-``torchrun`` each rank computes its block of rows. An interrupted extraction resumes from the last
-block it flushed.
+layer, global-average-pooled over every spatial and temporal dimension), optionally
+L2-normalised, written by item index into ``features/<layer>.npy`` (an N x D float32 ``.npy``
+that later stages open as a memmap). For a video set (§4.1.2) an item is a video and its feature
+is the mean of the features of its ``clips_per_video`` uniformly spaced clips, L2-normalised after
+averaging. Under ``torchrun`` each rank computes its block of rows. An interrupted extraction
+resumes from the last block it flushed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from tqdm.auto import tqdm
 
 from clusterfit import distributed as dist
 from clusterfit.artifacts import Stage, atomic_write, write_text
-from clusterfit.data import ImageSet, center_crop, to_float
+from clusterfit.data import ImageSet, VideoSet, center_crop, to_float
 from clusterfit.models import Net
+from clusterfit.models.net import global_pool
 from clusterfit.stages import graph, pretrain
 from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 from clusterfit.train.engine import CHECKPOINT
@@ -33,15 +36,10 @@ NAME = "features"
 Pool = Callable[[torch.Tensor], torch.Tensor]
 
 
-def global_pool(fmap: torch.Tensor) -> torch.Tensor:
-    """B x C x H x W (or B x D) -> B x C, the spatial mean."""
-    return fmap.mean(dim=(2, 3)) if fmap.dim() == 4 else fmap.flatten(1)
-
-
 @torch.no_grad()
 def compute_features(
     net: Net,
-    images: ImageSet,
+    images: ImageSet | VideoSet,
     layers: list[str],
     *,
     pool: Pool = global_pool,
@@ -58,7 +56,10 @@ def compute_features(
     ``rows`` restricts the work to a block of items; with ``sink`` each batch's features go to
     ``sink(layer, rows_of_batch, array)`` instead of being returned (for memmaps and resume).
     Each batch of uint8 B x C x H x W is read from ``images.images``, centre-cropped to
-    ``images.crop_size`` when that is set, and scaled to [0, 1].
+    ``images.crop_size`` when that is set, and scaled to [0, 1]. For a :class:`VideoSet` each
+    batch of videos is run once per evaluation clip (uint8 B x C x T x S x S, centre-cropped) and
+    the pooled features of the clips are averaged (then L2-normalised with ``normalize``): one
+    video-level feature per item (paper §4.1.2).
     """
     device = torch.device(device)
     net = net.to(device).eval()
@@ -69,11 +70,20 @@ def compute_features(
     bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     for lo in range(rows.start, rows.stop, batch_size):
         block = range(lo, min(lo + batch_size, rows.stop))
-        x = to_float(center_crop(images.images[block.start : block.stop], images.crop_size))
-        x = x.to(device)
-        maps = net.intermediates(x, layers)
+        clips = images.clip.clips_per_video if isinstance(images, VideoSet) else 1
+        pooled: dict[str, torch.Tensor] = {}
+        for k in range(clips):
+            if isinstance(images, VideoSet):
+                u8 = images.eval_clips(np.arange(block.start, block.stop), k)
+            else:
+                u8 = images.images[block.start : block.stop]
+            x = to_float(center_crop(u8, images.crop_size)).to(device)
+            maps = net.intermediates(x, layers)
+            for layer in layers:
+                f = pool(maps[layer]).float()
+                pooled[layer] = f if k == 0 else pooled[layer].add_(f)
         for layer in layers:
-            feats = pool(maps[layer]).float()
+            feats = pooled[layer] / clips if clips > 1 else pooled[layer]
             if normalize:
                 feats = F.normalize(feats, dim=1)
             array = feats.cpu().numpy()
@@ -198,4 +208,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     if dist.is_main_process():
         for f in st.dir.glob(".rows_done.rank*"):
             f.unlink()
-    return finish(st, {"layer": layer, "n_items": len(data), "dim": int(dim)})
+    summary = {"layer": layer, "n_items": len(data), "dim": int(dim)}
+    if isinstance(data, VideoSet):
+        summary["video"] = data.summary
+    return finish(st, summary)

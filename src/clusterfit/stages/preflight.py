@@ -24,12 +24,15 @@ from clusterfit.stages import fit
 from clusterfit.stages.context import Context
 
 
-def _input_shape(ctx: Context) -> tuple[int, int, int]:
-    """(C, H, W) of what the networks see: the data's channels, its crop or its image size."""
+def _input_shape(ctx: Context) -> tuple[int, ...]:
+    """(C, H, W) of what the networks see: the data's channels, its crop or its image size;
+    (C, T, H, W) for video clips."""
     data = ctx.data()
-    c, h, w = (int(v) for v in data.images.shape[1:4])
+    shape = [int(v) for v in data.images.shape[1:]]
     crop = getattr(data, "crop_size", None)
-    return (c, crop, crop) if crop else (c, h, w)
+    if crop:
+        shape[-2:] = [crop, crop]
+    return tuple(shape)
 
 
 def _skeleton(arch: str, kwargs: dict, in_chans: int, where: str) -> Net:
@@ -47,7 +50,7 @@ def _skeleton(arch: str, kwargs: dict, in_chans: int, where: str) -> Net:
 
 
 def _try_layers(
-    net: Net, layers: list[str], shape: tuple[int, int, int], setting: str, where: str
+    net: Net, layers: list[str], shape: tuple[int, ...], setting: str, where: str
 ) -> None:
     """Check that ``net`` has ``layers`` (named by ``setting``) and takes images of ``shape``."""
     missing = [name for name in layers if name not in net.layer_names]
@@ -57,8 +60,15 @@ def _try_layers(
             f"{net.layer_names}"
         )
     ref = next(iter(net.parameters()), net.prep.mean)
-    c, h, w = shape
-    x = torch.zeros((2, c) + (1,) * (net.spatial_dims - 2) + (h, w), device=ref.device)
+    h, w = shape[-2], shape[-1]
+    if len(shape) - 1 != net.spatial_dims:
+        kind = "video clips" if len(shape) == 4 else "images"
+        raise ConfigError(
+            f"{where} ({net.arch!r}) takes {'video clips' if net.spatial_dims == 3 else 'images'}"
+            f" but the data are {kind}; use a "
+            + ("video network (r2plus1d_narrow, r2plus1d_18)" if len(shape) == 4 else "2-D one")
+        )
+    x = torch.zeros((2, *shape), device=ref.device)
     try:
         with torch.no_grad():
             net.eval().intermediates(x, [n for n in layers if n != POOL] or [POOL])

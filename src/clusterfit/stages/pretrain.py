@@ -112,7 +112,8 @@ def new_network(
     patches: int = 1,
 ) -> Net:
     """A freshly initialised (seeded) network for ``data``'s images, normalised by their stats."""
-    mean, std = channel_stats(data.images)
+    # a video set's frames (F x C x S x S) have the statistics of its clips
+    mean, std = channel_stats(getattr(data, "frames", data.images))
     torch.manual_seed(seed)
     return create_model(
         arch,

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 from clusterfit.artifacts import Stage, fingerprint, read_json, write_json
-from clusterfit.config import TargetConfig, resolved_fit_train, resolved_target
-from clusterfit.data import ImageSet, center_crop, load_images, to_float
+from clusterfit.config import TargetConfig, VideoConfig, resolved_fit_train, resolved_target
+from clusterfit.data import ImageSet, center_crop, load_dataset, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.models import Net, build_from_args, recalibrate_batchnorm
 from clusterfit.stages import baselines, fit, graph, pretrain
-from clusterfit.stages.context import Context, finish, start, up_to_date
+from clusterfit.stages.context import Context, clip_settings, finish, start, up_to_date
 from clusterfit.stages.extract import compute_features
 from clusterfit.train.engine import CHECKPOINT
 
@@ -82,7 +82,7 @@ def targets(ctx: Context) -> list[tuple[TargetConfig, tuple]]:
         r = resolved_target(ctx.cfg, t)
         key = fingerprint(asdict(r))
         if key not in ctx.targets:
-            ctx.targets[key] = load_target(r, ctx.cfg.seed, ctx.progress)
+            ctx.targets[key] = load_target(r, ctx.cfg.seed, ctx.progress, ctx.cfg.data.video)
         out.append((r, ctx.targets[key]))
     return out
 
@@ -132,15 +132,17 @@ def random_floor(ctx: Context, net: Net, train: ImageSet) -> Net:
 
 
 def load_target(
-    t: TargetConfig, seed: int, progress: bool
+    t: TargetConfig, seed: int, progress: bool, video: VideoConfig | None = None
 ) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]:
     """A target's train images and labels, then its test images and labels. Labels are class
     indices (N), or for a multi-label target an N x C 0/1 matrix from the CSV's ``labels``.
     ``t`` as resolved by :func:`clusterfit.config.resolved_target` (sizes inherited from the
-    data); the images carry ``t.crop_size``, which :func:`compute_features` centre-crops to."""
+    data); the images carry ``t.crop_size``, which :func:`compute_features` centre-crops to.
+    A target of video files is cut into clips by ``video`` (the run's ``data.video``)."""
+    video = video or VideoConfig()
     out: list[Any] = []
     for split, limit in ((t.train_split, t.limit), (t.test_split, t.test_limit)):
-        images = load_images(
+        images = load_dataset(
             t.source,
             split,
             image_size=t.image_size,
@@ -149,6 +151,8 @@ def load_target(
             seed=seed,
             progress=progress,
         )
+            clip=clip_settings(video),
+            fps=video.fps,
         if t.multilabel:
             labels = read_multilabels(Path(t.source), split)
         elif not images.has_labels or (images.labels < 0).any():

@@ -39,6 +39,7 @@ from clusterfit.artifacts import write_text
 from clusterfit.config import TrainConfig
 from clusterfit.data import (
     BatchAugment,
+    ClipCropFlip,
     ColorJitterBatch,
     ImageSet,
     RandomResizedCropBatch,
@@ -142,7 +143,12 @@ class Trainer:
         self.desc = desc
         self.checkpoint_extra = checkpoint_extra or {}
         self.augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
-        if cfg.augment and images.crop_size is not None:
+        # video sets (paper §4.1.2) draw a clip at a random time of each video (temporal
+        # jitter) and crop every frame of a clip with the same random window
+        self.clips = getattr(images, "training_clips", None) if cfg.augment else None
+        if cfg.augment and images.images.ndim == 5:
+            self.augment = ClipCropFlip(images.crop_size or images.images.shape[-1], cfg.flip)
+        elif cfg.augment and images.crop_size is not None:
             self.augment = RandomResizedCropBatch(images.crop_size, flip=cfg.flip)
         elif cfg.augment:
             size = images.images.shape[-1]
@@ -252,7 +258,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             local = batch[rank::world]
-            x_u8 = self.images.images[local]
+            x_u8 = self.clips(local, aug_gen) if self.clips else self.images.images[local]
             if self.augment is not None:
                 x = self.augment(x_u8, aug_gen)
             else:
