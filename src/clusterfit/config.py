@@ -472,11 +472,6 @@ def smoke(cfg: RunConfig) -> RunConfig:
     return out
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, JSON-able dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
-
-
 def to_yaml(cfg: RunConfig) -> str:
     """The full config as YAML (what ``clusterfit config`` prints)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

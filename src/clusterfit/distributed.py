@@ -8,8 +8,6 @@ package imports ``torch.distributed``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -60,13 +58,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise max of ``tensor`` over all ranks, in place; returns it."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
-
-
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Copy rank ``src``'s ``tensor`` to every rank, in place; returns it."""
     if is_distributed():
@@ -102,13 +93,3 @@ def shard(n: int, rank: int | None = None, world_size: int | None = None) -> ran
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
-
-
-@contextmanager
-def main_process_first() -> Iterator[None]:
-    """Let rank 0 run the block before the others (e.g. to fill a cache)."""
-    if not is_main_process():
-        barrier()
-    yield
-    if is_main_process():
-        barrier()

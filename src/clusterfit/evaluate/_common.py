@@ -95,3 +95,8 @@ def topk_correct(scores: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...]) -> 
     top = scores.topk(kmax, dim=1).indices
     hit = top == y.unsqueeze(1)
     return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length: N x D -> N x D (an all-zero row stays zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clusterfit.errors import ClusterFitError, DataError
-from clusterfit.evaluate._common import as_features, as_labels, check_dims
+from clusterfit.evaluate._common import as_features, as_labels, check_dims, l2_normalize
 
 __all__ = ["DEFAULT_SHOTS", "lowshot_eval", "sample_shots"]
 
@@ -60,10 +60,6 @@ def sample_shots(y: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng([int(seed), int(c)])
         picked.append(members[rng.permutation(len(members))[:shots]])
     return np.sort(np.concatenate(picked)).astype(np.int64)
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def lowshot_eval(
@@ -116,7 +112,7 @@ def lowshot_eval(
             f"shots {skipped} exceed the smallest class ({int(counts.min())} items): skipped",
             stacklevel=2,
         )
-    x_te_n = _l2_normalize(np.asarray(x_te))
+    x_te_n = l2_normalize(np.asarray(x_te))
     results = []
     bar = tqdm(total=len(kept) * n_draws, desc="low-shot", disable=not progress, leave=False)
     for k in kept:
@@ -126,7 +122,7 @@ def lowshot_eval(
             clf = LinearSVC(C=cost, loss="squared_hinge", dual="auto", max_iter=5000)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(_l2_normalize(np.asarray(x_tr[idx])), y_tr[idx])
+                clf.fit(l2_normalize(np.asarray(x_tr[idx])), y_tr[idx])
             accs.append(100.0 * float(np.mean(clf.predict(x_te_n) == y_te)))
             seeds.append(seed + i)
             bar.update()

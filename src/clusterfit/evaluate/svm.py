@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clusterfit.errors import ClusterFitError, DataError
-from clusterfit.evaluate._common import as_features, check_dims
+from clusterfit.evaluate._common import as_features, check_dims, l2_normalize
 
 __all__ = ["DEFAULT_COSTS", "average_precision", "mean_average_precision", "svm_map"]
 
@@ -87,11 +87,6 @@ def _as_targets(Y: np.ndarray | torch.Tensor, n: int, name: str) -> np.ndarray:
     if not np.isin(Y, (-1, 0, 1)).all():
         raise DataError(f"{name} must hold only 1 (positive), 0 (negative), -1 (ignored)")
     return Y.astype(np.int64)
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def _fit_svc(x: np.ndarray, y: np.ndarray, cost: float, seed: int) -> Any:
@@ -183,7 +178,7 @@ def svm_map(
     if not costs or min(costs) <= 0:
         raise ClusterFitError(f"costs={costs} must be a non-empty list of positive SVM costs")
     if normalize:
-        x_tr, x_te = _l2_normalize(np.asarray(x_tr)), _l2_normalize(np.asarray(x_te))
+        x_tr, x_te = l2_normalize(np.asarray(x_tr)), l2_normalize(np.asarray(x_te))
     n_classes = y_tr.shape[1]
     ap = np.full(n_classes, np.nan)
     chosen: list[float | None] = [None] * n_classes

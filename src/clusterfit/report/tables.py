@@ -126,30 +126,48 @@ def _with_run(rec: Any, run: Any) -> Any:
     return {"run": run} | rec if isinstance(rec, dict) else rec
 
 
-def load_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Read the records of one or more probe ``results.json`` files (or run folders).
+def _read_results(p: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"results file {p} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"results file {p} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+        raise DataError(f"results file {p} has no 'records' list")
+    return doc
 
-    A folder is read as ``<folder>/probe/results.json`` or ``<folder>/results.json``. Each
-    record gets the file's ``"run"`` name (unless it has its own).
+
+def load_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Read the records of one or more probe ``results.json`` files or run folders.
+
+    A run folder is read through every ``probe*/results.json`` in it (``probe``, or
+    ``probe-k<K>`` for each K of a sweep; N_pre's records, shared by every K, are counted once),
+    else as ``<folder>/results.json``. Each record gets its run's name (unless it has its own).
     """
     records: list[dict[str, Any]] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            cands = [p / "probe" / "results.json", p / "results.json"]
-            found = next((c for c in cands if c.is_file()), None)
-            if found is None:
-                raise DataError(f"{p} holds no probe/results.json; run the probe stage first")
-            p = found
-        try:
-            doc = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise DataError(f"results file {p} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"results file {p} is not valid JSON: {e}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
-            raise DataError(f"results file {p} has no 'records' list")
-        run = doc.get("run", p.parent.parent.name if p.parent.name == "probe" else p.stem)
-        records.extend(_with_run(rec, run) for rec in doc["records"])
+        files = sorted(p.glob("probe*/results.json")) if p.is_dir() else [p]
+        if p.is_dir() and not files and (p / "results.json").is_file():
+            files = [p / "results.json"]
+        if not files:
+            raise DataError(
+                f"{p} holds no probe/results.json: finish the run first with `clusterfit run` "
+                "(or `clusterfit probe`)"
+            )
+        seen: set[tuple] = set()
+        for f in files:
+            doc = _read_results(f)
+            run = doc.get(
+                "run", f.parent.parent.name if f.parent.name.startswith("probe") else f.stem
+            )
+            for rec in doc["records"]:
+                if isinstance(rec, dict):
+                    key = tuple(str(rec.get(k)) for k in (*CONDITION_KEYS, "seed"))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                records.append(_with_run(rec, run))
     return normalize_records(records)
 
 

@@ -28,6 +28,7 @@ from clusterfit.config import TargetConfig, VideoConfig, resolved_fit_train, res
 from clusterfit.data import ImageSet, center_crop, load_dataset, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
+from clusterfit.evaluate._common import l2_normalize
 from clusterfit.models import Net, build_from_args, recalibrate_batchnorm
 from clusterfit.stages import baselines, fit, graph, pretrain
 from clusterfit.stages.context import Context, clip_settings, finish, start, up_to_date
@@ -150,9 +151,9 @@ def load_target(
             limit=limit,
             seed=seed,
             progress=progress,
-        )
             clip=clip_settings(video),
             fps=video.fps,
+        )
         if t.multilabel:
             labels = read_multilabels(Path(t.source), split)
         elif not images.has_labels or (images.labels < 0).any():
@@ -298,7 +299,9 @@ def probe_cell(
         for metric in ("top1", "top5"):
             record(layer, "linear", metric, res[metric], **extra)
     if pc.knn:
-        res = knn_accuracy(_l2(feats_train["pool"]), train_y, _l2(feats_test["pool"]), test_y)
+        res = knn_accuracy(
+            l2_normalize(feats_train["pool"]), train_y, l2_normalize(feats_test["pool"]), test_y
+        )
         record("pool", "knn", "top1", res["top1"], k=20)
     for layer in pc.lowshot_layers if pc.lowshot_shots else []:
         res = lowshot_eval(
@@ -315,10 +318,6 @@ def probe_cell(
             record(layer, "lowshot", "top1", row["mean"], std=row["std"], draws=row["top1"])
             records[-1]["shots"] = int(row["shots"])
     return records
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -10,31 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clusterfit.artifacts import fingerprint, read_json
-from clusterfit.errors import ClusterFitError
-
-
-def gather(run_dirs: list[Path]) -> list[dict[str, Any]]:
-    """Every probe record of ``run_dirs``, each tagged with its run's name."""
-    records: list[dict[str, Any]] = []
-    for run_dir in run_dirs:
-        paths = sorted(Path(run_dir).glob("probe*/results.json"))
-        if not paths:
-            raise ClusterFitError(
-                f"{run_dir} has no probe results (no probe/results.json): finish the run first "
-                "with `clusterfit run` (or `clusterfit probe`)"
-            )
-        seen = set()
-        for path in paths:
-            results = read_json(path)
-            for r in results["records"]:
-                # N_pre's cells are shared by every K of a sweep: count each record once.
-                key = (r["model"], r["layer"], r["target"], r["protocol"], r["metric"], r["k"])
-                if key in seen:
-                    continue
-                seen.add(key)
-                records.append({**r, "run": results.get("run", Path(run_dir).name)})
-    return records
+from clusterfit.artifacts import fingerprint
 
 
 def default_folder(run_dirs: list[Path]) -> Path:
@@ -52,5 +28,6 @@ def default_folder(run_dirs: list[Path]) -> Path:
 def run(run_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     """Write the report of ``run_dirs`` into ``out_dir``; returns what ``write_report`` returns."""
     from clusterfit.report import write_report  # matplotlib loads only when a report is made
+    from clusterfit.report.tables import load_records
 
-    return write_report(gather(run_dirs), Path(out_dir))
+    return write_report(load_records(run_dirs), Path(out_dir))
