@@ -226,3 +226,31 @@ def test_progress_bar_shown_while_training(capsys):
     linear_probe(x, y, x, y, lrs=(0.1, 0.01), n_updates=20, progress=True)
     err = capsys.readouterr().err
     assert "linear probe: lr sweep" in err and "linear probe: final" in err
+
+
+def test_timed_thread_choice_changes_no_number(monkeypatch):
+    """The SGD steps timed on torch's threads and on one give the weights of untimed steps on a
+    fixed count (the same updates, the same bits)."""
+    import torch
+
+    from clusterfit.evaluate import linear
+
+    rng = np.random.default_rng(11)
+    z = torch.from_numpy(rng.normal(size=(500, 700)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, 500))
+    kw = dict(n_updates=40, batch_size=64, momentum=0.9, weight_decay=5e-4, seed=2)
+    lrs = (0.1, 0.01, 0.001)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(linear, "_TIMED", {})
+        timed = linear._train_stacked(z, y, 10, lrs, progress=False, desc="", dual=False, **kw)
+        assert linear._TIMED["threads"] in (1, 2)
+        for threads in (1, 2):
+            monkeypatch.setattr(linear, "_faster_threads", lambda *a, t=threads: (t, 0))
+            fixed = linear._train_stacked(z, y, 10, lrs, progress=False, desc="", dual=False, **kw)
+            for a, b in zip(timed, fixed, strict=True):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

@@ -33,7 +33,8 @@ Choices made here, beyond the paper:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -137,6 +138,43 @@ def _threads_for(flops_per_step: float) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+#: When the probe last timed its SGD steps at each CPU thread count: {"at": perf_counter(),
+#: "threads": the faster}. Kept for :data:`_RETIME_SECONDS`, then timed again.
+_TIMED: dict[str, float] = {}
+_RETIME_SECONDS = 30.0
+_TIMED_STEPS = 2
+
+
+def _faster_threads(step: Callable[[], None], many: int, remaining: int) -> tuple[int, int]:
+    """The faster thread count for the SGD steps, ``many`` (torch's setting) or 1; runs the
+    steps it times and returns (threads, steps run).
+
+    Each update is a handful of operations, each of them a parallel region whose threads meet
+    at a barrier. On a machine whose cores are taken by other processes, a thread waits for a
+    time slice at every barrier and the steps slow down several times over, while one thread
+    does not wait; on an idle machine the threads win. So the steps are timed, two at each
+    count, at most every :data:`_RETIME_SECONDS` per process, and the faster count is kept.
+    The thread count changes the speed, not the numbers: with torch's CPU matrix products the
+    steps give the same bits on one thread and on several (tests/evaluate/test_linear.py).
+    """
+    now = time.perf_counter()
+    if _TIMED and now - _TIMED["at"] < _RETIME_SECONDS:
+        return int(_TIMED["threads"]), 0
+    if remaining < 4 * _TIMED_STEPS:
+        return many, 0
+    seconds = {}
+    for threads in (many, 1):
+        torch.set_num_threads(threads)
+        step()  # the first step at a count pays for waking its threads: not timed
+        start = time.perf_counter()
+        for _ in range(_TIMED_STEPS):
+            step()
+        seconds[threads] = time.perf_counter() - start
+    best = min(seconds, key=seconds.__getitem__)
+    _TIMED.update(at=time.perf_counter(), threads=best)
+    return best, 2 * (_TIMED_STEPS + 1)
+
+
 def _dual_is_cheaper(n: int, d: int, rows: int, n_updates: int, batch: int) -> bool:
     """Whether training through the N x N Gram matrix costs fewer flops than on the features.
 
@@ -197,32 +235,50 @@ def _train_stacked(
     base = torch.tensor(lrs, dtype=z.dtype, device=z.device).repeat_interleave(n_classes)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen).to(z.device)
-    pos = 0
     rows_b = torch.arange(bs, device=z.device)
     cpu = z.device.type == "cpu"
-    with _threads_for(bs * feats.shape[1] * rows if cpu else math.inf):
-        for step in tqdm(range(n_updates), desc=desc, disable=not progress, leave=False):
-            if pos + bs > n:
-                perm = torch.randperm(n, generator=gen).to(z.device)
-                pos = 0
-            idx = perm[pos : pos + bs]
-            pos += bs
-            xb = feats.index_select(0, idx)
-            logits = torch.addmm(b, xb, w.t()).view(bs, n_lr, n_classes)
-            g = torch.softmax(logits, dim=2)
-            g[rows_b, :, y.index_select(0, idx)] -= 1.0
-            g = g.view(bs, rows).div_(bs)
-            if dual:  # the gradient's row combination: g^T on the batch's rows
-                grad_w = w * weight_decay
-                grad_w.index_add_(1, idx, g.t())
-            else:
-                grad_w = torch.mm(g.t(), xb).add_(w, alpha=weight_decay)
-            buf_w.mul_(momentum).add_(grad_w)
-            buf_b.mul_(momentum).add_(g.sum(0))
-            # Base rate, divided by 10 after each third of the updates.
-            lr = (base * 0.1 ** min(3 * step // n_updates, 2)).unsqueeze(1)
-            w.addcmul_(buf_w, lr, value=-1.0)
-            b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
+    state = {"step": 0, "pos": 0, "perm": perm}
+
+    def update() -> None:
+        step, pos, perm = state["step"], state["pos"], state["perm"]
+        if pos + bs > n:
+            perm = state["perm"] = torch.randperm(n, generator=gen).to(z.device)
+            pos = 0
+        idx = perm[pos : pos + bs]
+        state["pos"] = pos + bs
+        state["step"] = step + 1
+        xb = feats.index_select(0, idx)
+        logits = torch.addmm(b, xb, w.t()).view(bs, n_lr, n_classes)
+        g = torch.softmax(logits, dim=2)
+        g[rows_b, :, y.index_select(0, idx)] -= 1.0
+        g = g.view(bs, rows).div_(bs)
+        if dual:  # the gradient's row combination: g^T on the batch's rows
+            grad_w = w * weight_decay
+            grad_w.index_add_(1, idx, g.t())
+        else:
+            grad_w = torch.mm(g.t(), xb).add_(w, alpha=weight_decay)
+        buf_w.mul_(momentum).add_(grad_w)
+        buf_b.mul_(momentum).add_(g.sum(0))
+        # Base rate, divided by 10 after each third of the updates.
+        lr = (base * 0.1 ** min(3 * step // n_updates, 2)).unsqueeze(1)
+        w.addcmul_(buf_w, lr, value=-1.0)
+        b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
+
+    with (
+        _threads_for(bs * feats.shape[1] * rows if cpu else math.inf),
+        tqdm(total=n_updates, desc=desc, disable=not progress, leave=False) as bar,
+    ):
+        many = torch.get_num_threads()
+        try:
+            if cpu and many > 1:
+                threads, done = _faster_threads(update, many, n_updates)
+                bar.update(done)
+                torch.set_num_threads(threads)
+            while state["step"] < n_updates:
+                update()
+                bar.update(1)
+        finally:
+            torch.set_num_threads(many)
     if dual:
         w = w @ z
     if not torch.isfinite(w).all():
