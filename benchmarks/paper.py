@@ -50,6 +50,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clusterfit.artifacts import META
+from clusterfit.stages.graph import folder
+from clusterfit.train.engine import CHECKPOINT
+
+PRETRAIN_META = Path(folder("pretrain"), META)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -492,20 +498,26 @@ def targets(scale: Scale, data: Any, validation: bool) -> list[Any]:
     from clusterfit.config import TargetConfig
 
     cifar, fmnist = str(data.cifar_csv), str(data.fmnist_csv)
+
+    def target(name: str, source: str, test: str, limit: int, test_limit: int) -> Any:
+        return TargetConfig(
+            name=name,
+            source=source,
+            train_split="train",
+            test_split=test,
+            image_size=32,
+            limit=limit,
+            test_limit=test_limit,
+        )
+
     out = [
-        TargetConfig(CIFAR, cifar, "train", "test", 32, scale.probe_limit, scale.probe_test_limit),
-        TargetConfig(
-            FMNIST, fmnist, "train", "test", 32, scale.probe_limit, scale.probe_test_limit
-        ),
+        target(CIFAR, cifar, "test", scale.probe_limit, scale.probe_test_limit),
+        target(FMNIST, fmnist, "test", scale.probe_limit, scale.probe_test_limit),
     ]
     if validation:
         out += [
-            TargetConfig(
-                CIFAR_VAL, cifar, "train", "val", 32, scale.val_limit, scale.val_test_limit
-            ),
-            TargetConfig(
-                FMNIST_VAL, fmnist, "train", "val", 32, scale.val_limit, scale.val_test_limit
-            ),
+            target(CIFAR_VAL, cifar, "val", scale.val_limit, scale.val_test_limit),
+            target(FMNIST_VAL, fmnist, "val", scale.val_limit, scale.val_test_limit),
         ]
     return out
 
@@ -570,7 +582,7 @@ def make_config(
         # Multi-task ClusterFit (App. E): the Jigsaw and RotNet N_pre of the same seed, as
         # checkpoints (trained once, in their own runs); one N_cf with a head per clustering.
         def ckpt(task: str) -> PretrainConfig:
-            path = paths.runs / selfsup_run(task, step.seed) / "pretrain" / "checkpoint.pt"
+            path = paths.runs / selfsup_run(task, step.seed) / folder("pretrain") / CHECKPOINT
             return dataclasses.replace(cfg.pretrain, objective="checkpoint", checkpoint=str(path))
 
         cfg.pretrain = ckpt("jigsaw")
@@ -1265,16 +1277,16 @@ def shrink_png(path: Path, colors: int = 64) -> None:
 def step_done(step: Step, paths: Paths, selection: dict[str, Any]) -> bool:
     run = paths.runs / step.run
     if step.only == "pretrain":
-        return (run / "pretrain" / "meta.json").is_file()
+        return (run / folder("pretrain") / META).is_file()
     k_sel = selection.get(step.experiment, {}).get("k")
     ks = [k_sel if k == SELECT else k for k in step.ks]
     if any(k is None for k in ks):
         return False
-    if not all((run / f"probe-k{k}" / "meta.json").is_file() for k in ks):
+    if not all((run / folder("probe", variant=f"k{k}") / META).is_file() for k in ks):
         return False
-    if step.pre2x and not (run / "baseline-pre2x" / "meta.json").is_file():
+    if step.pre2x and not (run / folder("baselines", key="pre2x") / META).is_file():
         return False
-    return not (step.distill and not (run / "baseline-distill" / "meta.json").is_file())
+    return not (step.distill and not (run / folder("baselines", key="distill") / META).is_file())
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -1601,7 +1613,9 @@ def run_suite(
             missing = [
                 t
                 for t in SELFSUP_TASKS
-                if not (paths.runs / selfsup_run(t, step.seed) / "pretrain" / "meta.json").is_file()
+                if not (
+                    paths.runs / selfsup_run(t, step.seed) / folder("pretrain") / META
+                ).is_file()
             ]
             if missing:
                 print(f"[{i + 1}/{len(plan)}] {step.name}: needs the {missing} N_pre first")
