@@ -30,8 +30,8 @@ import torch
 
 from clusterfit.data import VideoClipSettings, center_crop, load_videos, to_float
 from clusterfit.data.synthetic_video import write_video_folder
+from clusterfit.features import compute_features
 from clusterfit.models import create_model
-from clusterfit.stages.extract import compute_features
 
 OUT = Path(__file__).resolve().parent / "results" / "video.json"
 CLIP = VideoClipSettings(clip_frames=8, frame_stride=2, clips_per_video=6)
@@ -40,7 +40,7 @@ CHILD = r"""
 import sys, threading, time, torch
 from clusterfit.data import VideoClipSettings, load_videos
 from clusterfit.models import create_model
-from clusterfit.stages.extract import compute_features
+from clusterfit.features import compute_features
 peak = [0]
 def anon():
     for line in open("/proc/self/status"):

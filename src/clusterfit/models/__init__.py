@@ -12,6 +12,7 @@ from clusterfit.models.net import (
 )
 from clusterfit.models.registry import (
     build_from_args,
+    create_for_data,
     create_model,
     from_module,
     list_models,
@@ -30,6 +31,7 @@ __all__ = [
     "ResNetCifar",
     "build_from_args",
     "count_parameters",
+    "create_for_data",
     "create_model",
     "from_module",
     "global_pool",

@@ -591,3 +591,30 @@ def build_from_args(
         )
     head_sizes = common.pop("head_sizes")
     return create_model(arch, head_sizes, pretrained=False, **common, **kwargs)
+
+
+def create_for_data(
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    head_sizes: list[int],
+    data: Any,
+    seed: int,
+    patches: int = 1,
+) -> Net:
+    """A freshly initialised (seeded) ``arch`` for ``data`` (an ImageSet or a VideoSet): its
+    input channels, normalised by the data's own per-channel statistics (what N_pre trained here
+    and N_cf trained from scratch start from, paper §3)."""
+    from clusterfit.data import channel_stats
+
+    # a video set's frames (F x C x S x S) have the statistics of its clips
+    mean, std = channel_stats(getattr(data, "frames", data.images))
+    torch.manual_seed(seed)
+    return create_model(
+        arch,
+        head_sizes,
+        in_chans=data.images.shape[1],
+        patches=patches,
+        mean=mean,
+        std=std,
+        **arch_kwargs,
+    )

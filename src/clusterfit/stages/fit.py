@@ -18,11 +18,11 @@ import torch
 from clusterfit.artifacts import Stage
 from clusterfit.config import resolved_fit_train
 from clusterfit.data import channel_stats
-from clusterfit.models import Net, build_from_args, load_checkpoint
+from clusterfit.models import Net, build_from_args, create_for_data, load_checkpoint
 from clusterfit.models.registry import MODULE_ARCH
 from clusterfit.stages import cluster, graph
 from clusterfit.stages.context import Context, finish, start, up_to_date
-from clusterfit.stages.pretrain import log_summary, new_network
+from clusterfit.stages.pretrain import log_summary
 from clusterfit.train.engine import Trainer
 
 NAME = "fit"
@@ -49,7 +49,7 @@ def _new_ncf(ctx: Context, heads: list[int]) -> Net:
     arch, kwargs = architecture(ctx)
     data = ctx.data()
     if arch != MODULE_ARCH:
-        return new_network(arch, kwargs, heads, data, ctx.cfg.seed + 1)
+        return create_for_data(arch, kwargs, heads, data, ctx.cfg.seed + 1)
     assert ctx.n_pre is not None
     mean, std = channel_stats(data.images)
     args = {**ctx.n_pre.model_args, "head_sizes": heads, "patches": 1, "mean": mean, "std": std}

@@ -14,14 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from clusterfit.artifacts import Stage
 from clusterfit.config import PretrainConfig, TrainConfig
-from clusterfit.data import ImageSet, channel_stats
 from clusterfit.errors import ClusterFitError
-from clusterfit.models import Net, create_model, save_checkpoint
+from clusterfit.models import Net, create_for_data, create_model, save_checkpoint
 from clusterfit.pretext import Objective, get_objective
 from clusterfit.stages import graph
 from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
@@ -103,29 +101,6 @@ def objective_for(p: PretrainConfig, num_classes: int | None, n_items: int) -> O
     return get_objective(p.objective)
 
 
-def new_network(
-    arch: str,
-    arch_kwargs: dict[str, Any],
-    head_sizes: list[int],
-    data: ImageSet,
-    seed: int,
-    patches: int = 1,
-) -> Net:
-    """A freshly initialised (seeded) network for ``data``'s images, normalised by their stats."""
-    # a video set's frames (F x C x S x S) have the statistics of its clips
-    mean, std = channel_stats(getattr(data, "frames", data.images))
-    torch.manual_seed(seed)
-    return create_model(
-        arch,
-        head_sizes,
-        in_chans=data.images.shape[1],
-        patches=patches,
-        mean=mean,
-        std=std,
-        **arch_kwargs,
-    )
-
-
 def train_objective(
     ctx: Context,
     st: Stage,
@@ -150,7 +125,7 @@ def train_objective(
         )
     objective = objective_for(p, num_classes, len(data))
     targets = objective.item_targets(data.labels, ctx.cfg.seed)
-    net = new_network(
+    net = create_for_data(
         p.arch,
         p.arch_kwargs,
         objective.head_sizes(num_classes),

@@ -29,10 +29,10 @@ from clusterfit.data import ImageSet, center_crop, load_dataset, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.evaluate._common import l2_normalize
+from clusterfit.features import compute_features
 from clusterfit.models import Net, build_from_args, recalibrate_batchnorm
 from clusterfit.stages import baselines, fit, graph, pretrain
 from clusterfit.stages.context import Context, clip_settings, finish, start, up_to_date
-from clusterfit.stages.extract import compute_features
 from clusterfit.train.engine import CHECKPOINT
 
 CELLS = "probe_cells"  # beside probe/, so that a redone probe stage keeps the finished cells

@@ -1,0 +1,84 @@
+"""Features of a network over a dataset, layer by layer: the one pass that extraction before
+k-means (Yan et al., CVPR 2020, §3.1) and the linear probes (§4, App. D) share, for images and
+for videos (§4.1.2: the features of several clips averaged into one per video).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from clusterfit.data import ImageSet, VideoSet, center_crop, to_float
+from clusterfit.models import Net
+from clusterfit.models.net import global_pool
+
+Pool = Callable[[torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def compute_features(
+    net: Net,
+    images: ImageSet | VideoSet,
+    layers: list[str],
+    *,
+    pool: Pool = global_pool,
+    normalize: bool = False,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    rows: range | None = None,
+    sink: Callable[[str, range, np.ndarray], None] | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> dict[str, np.ndarray] | None:
+    """Features of ``images`` at each of ``layers``, pooled by ``pool``: ``{layer: N x D_layer}``.
+
+    ``rows`` restricts the work to a block of items; with ``sink`` each batch's features go to
+    ``sink(layer, rows_of_batch, array)`` instead of being returned (for memmaps and resume).
+    Each batch of uint8 B x C x H x W is read from ``images.images``, centre-cropped to
+    ``images.crop_size`` when that is set, and scaled to [0, 1]. For a :class:`VideoSet` each
+    batch of videos is run once per evaluation clip (uint8 B x C x T x S x S, centre-cropped) and
+    the pooled features of the clips are averaged (then L2-normalised with ``normalize``): one
+    video-level feature per item (paper §4.1.2).
+    """
+    device = torch.device(device)
+    net = net.to(device).eval()
+    if net.spatial_dims == 2:
+        net.channels_last()  # same features, faster convolutions
+    rows = rows if rows is not None else range(len(images))
+    chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    for lo in range(rows.start, rows.stop, batch_size):
+        block = range(lo, min(lo + batch_size, rows.stop))
+        clips = images.clip.clips_per_video if isinstance(images, VideoSet) else 1
+        pooled: dict[str, torch.Tensor] = {}
+        for k in range(clips):
+            if isinstance(images, VideoSet):
+                u8 = images.eval_clips(np.arange(block.start, block.stop), k)
+            else:
+                u8 = images.images[block.start : block.stop]
+            x = to_float(center_crop(u8, images.crop_size)).to(device)
+            maps = net.intermediates(x, layers)
+            for layer in layers:
+                f = pool(maps[layer]).float()
+                pooled[layer] = f if k == 0 else pooled[layer].add_(f)
+        for layer in layers:
+            feats = pooled[layer] / clips if clips > 1 else pooled[layer]
+            if normalize:
+                feats = F.normalize(feats, dim=1)
+            array = feats.cpu().numpy()
+            if sink is not None:
+                sink(layer, block, array)
+            else:
+                chunks[layer].append(array)
+        bar.update(len(block))
+    bar.close()
+    if sink is not None:
+        return None
+    return {
+        layer: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        for layer, parts in chunks.items()
+    }
