@@ -141,7 +141,7 @@ def main() -> None:
 
     # (c) peak anonymous memory against N (fresh process, fresh cache)
     mem = {}
-    for count in (20, 80):
+    for count in (20, 80, 160):
         f = _folder(root, count, 48)
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(f), str(root / f"m{count}")],
@@ -160,12 +160,14 @@ def main() -> None:
             f"{count} videos ({pixels / 2**20:.0f} MB of frames): peak anonymous memory "
             f"{peak / 2**20:.1f} MB"
         )
-    mem["difference_mb"] = round(mem["80"]["peak_anon_mb"] - mem["20"]["peak_anon_mb"], 1)
+    for lo, hi in (("20", "80"), ("80", "160")):
+        diff = round(mem[hi]["peak_anon_mb"] - mem[lo]["peak_anon_mb"], 1)
+        mem[f"difference_{hi}_vs_{lo}_mb"] = diff
+        more = (mem[hi]["frame_bytes"] - mem[lo]["frame_bytes"]) / 2**20
+        print(
+            f"{hi} vs {lo} videos: {diff:+.1f} MB of peak anonymous memory, +{more:.0f} MB frames"
+        )
     res["memory"] = mem
-    print(
-        f"80 vs 20 videos: {mem['difference_mb']:+.1f} MB of peak anonymous memory for "
-        f"{(mem['80']['frame_bytes'] - mem['20']['frame_bytes']) / 2**20:.0f} MB more frames"
-    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {OUT}")
