@@ -11,17 +11,18 @@ import pytest
 from clusterfit.faults import STAGE_FOLDERS, artifact_digests, inject, run_to_end
 
 TINY = [
-    "data.limit=128",
-    "pretrain.train.epochs=3",
+    "data.limit=96",
+    "pretrain.train.epochs=2",
     "pretrain.train.batch_size=32",
     "pretrain.arch_kwargs.width=8",
     "cluster.k=6",
     "cluster.n_iter=5",
-    "probe.layers=[res4,res5]",
-    "probe.targets.0.limit=96",
-    "probe.targets.0.test_limit=64",
-    "probe.n_updates=40",
+    "probe.layers=[res5]",
+    "probe.targets.0.limit=64",
+    "probe.targets.0.test_limit=48",
+    "probe.n_updates=30",
     "probe.lrs=[0.01]",
+    "probe.knn=false",
     "progress=false",
 ]
 
