@@ -94,9 +94,9 @@ def _standardiser(x: np.ndarray, device: torch.device) -> tuple[torch.Tensor, to
     s1 = torch.zeros(d, dtype=torch.float64, device=device)
     s2 = torch.zeros(d, dtype=torch.float64, device=device)
     for i in range(0, x.shape[0], _EVAL_CHUNK):
-        chunk = rows_tensor(x[i : i + _EVAL_CHUNK], device)
-        s1 += chunk.sum(0, dtype=torch.float64)
-        s2 += chunk.double().pow(2).sum(0)
+        chunk = rows_tensor(x[i : i + _EVAL_CHUNK], device).double()  # one float64 copy
+        s1 += chunk.sum(0)
+        s2 += chunk.square_().sum(0)
     n = x.shape[0]
     mean = s1 / n
     var = (s2 / n - mean.pow(2)).clamp_min(0.0)
