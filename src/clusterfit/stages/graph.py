@@ -84,3 +84,9 @@ class Probed:
     stage: Stage
     task: int = 0
     key: str | None = None
+
+    @property
+    def command(self) -> str:
+        """The command that makes this network (``clusterfit pretrain`` for the random floor's
+        architecture too)."""
+        return "pretrain" if self.kind == "random" else self.kind

@@ -108,9 +108,8 @@ def stage(ctx: Context) -> Stage:
 
 
 def _load_net(ctx: Context, m: graph.Probed) -> Net:
-    """The probed network: its stage's checkpoint (that stage must be complete), or for the
+    """The probed network: its stage's checkpoint (checked complete by :func:`run`), or for the
     random floor a fresh, seeded network of N_pre's architecture."""
-    m.stage.require({"pretrain": "pretrain", "random": "pretrain"}.get(m.kind, m.kind))
     net = ctx.load_model(m.stage.dir / CHECKPOINT)
     if m.kind != "random":
         return net
@@ -327,7 +326,7 @@ def run(ctx: Context) -> dict[str, Any]:
         return meta
     models = probed(ctx)
     for m in models:
-        m.stage.require({"random": "pretrain"}.get(m.kind, m.kind))
+        m.stage.require(m.command)
     loaded = targets(ctx)
     start(st)
     cells = ctx.run_dir / CELLS
