@@ -134,6 +134,14 @@ class ExtractConfig:
     layer: str = "pool"
     normalize: bool = True
     batch_size: int = 256
+    # the forward pass under autocast in this precision (GPU: fp16 / bf16 tensor cores); the
+    # pooled features are accumulated, normalised and written in float32 either way
+    precision: str = "float32"  # float32 | bfloat16 | float16
+    # how features are stored: float16 halves the file (k-means reads them back as float32)
+    dtype: str = "float32"  # float32 | float16
+    # one file per rank (``<layer>.<rank>-of-<world>.npy``) listed in ``<layer>.manifest.json``,
+    # read back by k-means without a gather; false: one ``<layer>.npy`` written by all ranks
+    sharded: bool = False
 
 
 @dataclass
@@ -214,6 +222,32 @@ class BaselinesConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """How ``clusterfit run --launcher local|slurm`` submits the run through submitit: the whole
+    run is one job of ``nodes`` x ``tasks_per_node`` processes (one per GPU on GPU nodes), set up
+    as ``torchrun`` would; a preempted or timed-out job requeues itself (at most ``max_requeues``
+    time-outs) and resumes from the stages' checkpoints. Job ids and log paths go to
+    ``<run>/launcher/jobs.jsonl``, submitit's logs to ``folder`` (default ``<run>/launcher``)."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 4
+    mem_gb: int | None = None
+    timeout_min: int = 24 * 60
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    signal_delay_s: int = 120  # the warning signal comes this long before the time limit
+    max_requeues: int = 3
+    folder: str | None = None
+    setup: list[str] = field(default_factory=list)  # shell lines run first (module load ...)
+    slurm_extra: dict[str, Any] = field(default_factory=dict)  # further sbatch options
+    wait: bool | None = None  # null: the local launcher waits, slurm returns once submitted
+
+
+@dataclass
 class RunConfig:
     """A whole ClusterFit run: ``runs/<name>/`` with one folder per stage."""
 
@@ -235,6 +269,7 @@ class RunConfig:
     # A K sweep (Tables 4, 5, 7): the cluster, fit and probe stages run once per K, sharing N_pre
     # and its features; folders clusters-k<K>, fit-k<K>, probe-k<K>.
     sweep_k: list[int] = field(default_factory=list)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -258,6 +293,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.method": ("kmeans", "per_label", "prototype"),
     "cluster.init": ("random", "k-means++"),
     "cluster.backend": ("auto", "fused", "faiss", "torch"),
+    "extract.precision": ("float32", "bfloat16", "float16"),
+    "extract.dtype": ("float32", "float16"),
 }
 
 
@@ -395,6 +432,16 @@ def validate(cfg: RunConfig) -> None:
             )
     if not cfg.probe.targets:
         raise ConfigError("'probe.targets' is empty: name at least one labelled target")
+    la = cfg.launcher
+    if min(la.nodes, la.tasks_per_node, la.cpus_per_task, la.timeout_min) < 1:
+        raise ConfigError(
+            "'launcher.nodes', '.tasks_per_node', '.cpus_per_task' and '.timeout_min' must be at "
+            "least 1"
+        )
+    if la.gpus_per_node < 0 or la.max_requeues < 0 or la.signal_delay_s < 0:
+        raise ConfigError(
+            "'launcher.gpus_per_node', '.max_requeues' and '.signal_delay_s' must be at least 0"
+        )
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"'name' must be a plain folder name, got '{cfg.name}'")
 
