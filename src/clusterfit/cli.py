@@ -1,6 +1,7 @@
 """``clusterfit``: the command line. Subcommands map to ``stages.<x>.run``; nothing imports this.
 
     clusterfit run [--config F] [--smoke] [key=value ...]        the whole pipeline
+    clusterfit run --launcher slurm|local [...]                  the same, as a submitit job
     clusterfit pretrain|extract|cluster|fit|probe [same options]  one stage
     clusterfit report RUN [RUN ...] [--out DIR]                   tables and plots
     clusterfit config [--config F] [key=value ...]                print the resolved config
@@ -48,6 +49,12 @@ def _config_args(p: argparse.ArgumentParser, runs: bool = True) -> None:
             action="store_true",
             help="refuse, rather than wait, when another process is using the run folder",
         )
+        p.add_argument(
+            "--launcher",
+            choices=("local", "slurm"),
+            help="submit as a job through submitit (settings: launcher.*): slurm, or local "
+            "(the same job on this machine)",
+        )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. cluster.k=100")
 
 
@@ -81,9 +88,13 @@ def _run(args: argparse.Namespace) -> int:
     from clusterfit.stages import probe, probe_folders, report, run_pipeline
 
     cfg = _load(args)
+    only = None if args.command == "run" else args.command
+    if args.launcher:
+        from clusterfit.launch import launch
+
+        return launch(args.launcher, cfg, only=only, redo=args.redo, wait_lock=not args.no_wait)
     distributed.init_from_env()
     started = time.perf_counter()
-    only = None if args.command == "run" else args.command
     run_pipeline(cfg, only=only, redo=args.redo, wait=not args.no_wait)
     if not distributed.is_main_process():
         return 0
