@@ -1,8 +1,9 @@
-"""Reports of probe results: tables, the paper's figures, and an index page.
+"""Reports of ClusterFit runs (Yan et al., CVPR 2020).
 
-ClusterFit (Yan et al., CVPR 2020): the transfer results of N_pre, N_cf and other models
-(records of the probe stage, possibly of several runs and seeds) as a markdown / HTML table
-(mean ± std over seeds) and the figures of the paper's sweeps (per layer, K, label noise).
+:func:`write_run_report`: the page a researcher opens after a run (or over several runs): the
+settings in words, the layer table and a verdict per target, the clusters with thumbnails of their
+members, the training curves, the paper's plots and the provenance (:mod:`.page`).
+:func:`write_report`: the table (mean ± std over seeds) and figures of bare probe records.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import html as _html
 from pathlib import Path
 from typing import Any
 
+from clusterfit.report.page import write_run_report
 from clusterfit.report.plots import SWEEPS, make_plots
 from clusterfit.report.tables import (
     aggregate,
@@ -30,6 +32,7 @@ __all__ = [
     "markdown_table",
     "table_rows",
     "write_report",
+    "write_run_report",
 ]
 
 _CSS = """

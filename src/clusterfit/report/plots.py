@@ -192,7 +192,7 @@ def make_plots(records: Any, out_dir: str | Path) -> list[Path]:
         for (target, protocol, metric), members in figures.items():
             members = [a for a in members if a.n > 0]
             name = f"{sweep}_{_safe(target)}_{_safe(protocol)}_{_safe(metric)}.png"
-            title = f"{caption}\n{target}, {protocol}"
+            title = f"{caption}\n{target}, {protocol} {metric}"
             if x_key == "layer":
                 path = _layer_figure(members, out / name, title, metric)
             else:

@@ -118,6 +118,8 @@ def normalize_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
             raise DataError(f"record {i} has a non-numeric value {rec['value']!r}") from None
         full = {k: rec.get(k) for k in OPTIONAL_KEYS} | dict(rec)
         full["value"] = value
+        if full["model"] == "random":  # the untrained floor has no objective, noise or K
+            full["objective"] = full["label_noise"] = full["k"] = None
         out.append(full)
     return out
 

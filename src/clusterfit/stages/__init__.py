@@ -19,7 +19,7 @@ from clusterfit.artifacts import RunLock
 from clusterfit.config import RunConfig
 from clusterfit.errors import ConfigError
 from clusterfit.models import Net, from_module
-from clusterfit.stages import baselines, cluster, extract, fit, preflight, pretrain, probe
+from clusterfit.stages import baselines, cluster, extract, fit, preflight, pretrain, probe, report
 from clusterfit.stages.context import REDO_NAMES, Context
 
 STAGES: dict[str, Callable[[Context], Any]] = {
@@ -66,6 +66,8 @@ def run_pipeline(
     ctx = Context.create(cfg, n_pre=n_pre, module_factory=module_factory, redo=frozenset(redo))
     lock = RunLock(cfg.run_dir, wait=wait, say=ctx.say) if dist.is_main_process() else None
     with lock or contextlib.nullcontext():
+        if dist.is_main_process():
+            report.record_run(cfg)  # run.json + config.yaml: what the report describes
         ctx.data()  # loaded once, shared by every K of a sweep
         preflight.check(ctx)  # what would fail after training, before the first epoch
         variants = [ctx.with_k(k) for k in cfg.sweep_k] if cfg.sweep_k else [ctx]
