@@ -33,6 +33,7 @@ def compute_features(
     sink: Callable[[str, range, np.ndarray], None] | None = None,
     progress: bool = True,
     desc: str = "features",
+    precision: torch.dtype | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Features of ``images`` at each of ``layers``, pooled by ``pool``: ``{layer: N x D_layer}``.
 
@@ -43,11 +44,16 @@ def compute_features(
     batch of videos is run once per evaluation clip (uint8 B x C x T x S x S, centre-cropped) and
     the pooled features of the clips are averaged (then L2-normalised with ``normalize``): one
     video-level feature per item (paper §4.1.2).
+
+    ``precision`` (``torch.float16`` / ``torch.bfloat16``): the forward pass runs under autocast
+    in that dtype (tensor cores on a GPU); the maps are pooled, averaged and normalised in float32,
+    so the features returned are float32 either way.
     """
     device = torch.device(device)
     net = net.to(device).eval()
     if net.spatial_dims == 2:
         net.channels_last()  # same features, faster convolutions
+    low = precision is not None and precision != torch.float32
     rows = rows if rows is not None else range(len(images))
     chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
@@ -61,9 +67,12 @@ def compute_features(
             else:
                 u8 = images.images[block.start : block.stop]
             x = to_float(center_crop(u8, images.crop_size)).to(device)
-            maps = net.intermediates(x, layers)
+            with torch.autocast(
+                device_type=device.type, dtype=precision or torch.float32, enabled=low
+            ):
+                maps = net.intermediates(x, layers)
             for layer in layers:
-                f = pool(maps[layer]).float()
+                f = pool(maps[layer].float())
                 pooled[layer] = f if k == 0 else pooled[layer].add_(f)
         for layer in layers:
             feats = pooled[layer] / clips if clips > 1 else pooled[layer]

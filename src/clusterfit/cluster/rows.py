@@ -30,11 +30,13 @@ import torch
 
 from clusterfit import distributed as cfdist
 from clusterfit.errors import DataError
+from clusterfit.sharded import MANIFEST_SUFFIX, ShardedArray
 
 __all__ = [
     "PREFETCH_CHUNKS",
     "RawRows",
     "RowSource",
+    "ShardedRows",
     "bad_rows",
     "gather_rows",
     "normalise_rows",
@@ -47,7 +49,17 @@ PREFETCH_CHUNKS = 1
 
 
 class RawRows:
-    """Read access to the rows of X, as float32 tensors, without converting X as a whole."""
+    """Read access to the rows of X, as float32 tensors, without converting X as a whole.
+
+    Features sharded over several files (a :class:`~clusterfit.sharded.ShardedArray`, or the
+    path of its ``.manifest.json``) are read by :class:`ShardedRows`, file by file.
+    """
+
+    def __new__(cls, X: Any, what: str = "X") -> RawRows:
+        sharded = isinstance(X, ShardedArray) or (
+            isinstance(X, (str, Path)) and str(X).endswith(MANIFEST_SUFFIX)
+        )
+        return super().__new__(ShardedRows if cls is RawRows and sharded else cls)
 
     def __init__(self, X: Any, what: str = "X") -> None:
         if isinstance(X, (str, Path)):
@@ -201,6 +213,49 @@ class RawRows:
         ):
             with contextlib.suppress(OSError, ValueError):
                 mapping.madvise(mmap.MADV_DONTNEED)
+
+
+class ShardedRows(RawRows):
+    """The rows of a :class:`~clusterfit.sharded.ShardedArray`: each file read as a whole
+    ``.npy`` memmap (``pread``, pages never resident), a read spanning files concatenated. A
+    rank whose block of rows lies in one file (the extraction and k-means ran on as many
+    processes) reads only that file."""
+
+    def __init__(self, X: Any, what: str = "X") -> None:
+        if not isinstance(X, ShardedArray):
+            X = ShardedArray.open(X)
+        self.data = X
+        named = zip(X.parts, X.paths, strict=True)
+        self.parts = [RawRows(part, f"{what} ({path.name})") for part, path in named]
+        self.bounds = [int(b) for b in X.bounds]
+        self.n, self.d = X.shape
+        self.device = torch.device("cpu")
+        self.is_tensor, self.streamed, self.zero_copy = False, True, False
+        self._fd = None
+
+    def read(self, start: int, stop: int, buf: np.ndarray | None = None) -> torch.Tensor:
+        pieces = []
+        for s, part in enumerate(self.parts):
+            lo, hi = max(start, self.bounds[s]), min(stop, self.bounds[s + 1])
+            if hi > lo:
+                pieces.append((part, lo - self.bounds[s], hi - self.bounds[s]))
+        if len(pieces) == 1:
+            part, a, b = pieces[0]
+            return part.read(a, b, buf)
+        return torch.cat([part.read(a, b) for part, a, b in pieces])
+
+    def take(self, idx: np.ndarray) -> torch.Tensor:
+        idx = np.asarray(idx, dtype=np.int64)
+        out = torch.empty((len(idx), self.d), dtype=torch.float32)
+        which = self.data.locate(idx)
+        for s in np.unique(which):
+            sel = np.nonzero(which == s)[0]
+            out[torch.from_numpy(sel)] = self.parts[s].take(idx[sel] - self.bounds[s])
+        return out
+
+    def buffer_maker(self, n_rows: int) -> Callable[[], np.ndarray] | None:
+        makers = [part.buffer_maker(n_rows) for part in self.parts]
+        return makers[0] if all(m is not None for m in makers) else None
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:

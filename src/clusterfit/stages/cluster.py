@@ -50,7 +50,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         return meta
     feats = extract.stage(ctx, task)
     feats.require("extract")
-    X = np.load(extract.features_path(feats, cfg.extract.layer), mmap_mode="r")
+    X = extract.open_features(feats, cfg.extract.layer)  # a memmap, or sharded over files
     c = cfg.cluster
     labels = ctx.data().labels
     n = X.shape[0]

@@ -7,10 +7,18 @@ that later stages open as a memmap). For a video set (§4.1.2) an item is a vide
 is the mean of the features of its ``clips_per_video`` uniformly spaced clips, L2-normalised after
 averaging. Under ``torchrun`` each rank computes its block of rows. An interrupted extraction
 resumes from the last block it flushed.
+
+At scale: ``extract.precision`` runs the forward pass under fp16 / bf16 autocast (features are
+pooled and normalised in float32); ``extract.dtype=float16`` stores them in half the space;
+``extract.sharded`` has each rank write its own file ``<layer>.<rank>-of-<world>.npy``. Every
+extraction writes ``<layer>.manifest.json`` (shape, dtype, files and their rows), which
+:func:`open_features` reads: one ``.npy`` memmap, or a :class:`~clusterfit.sharded.ShardedArray`
+that k-means streams rank by rank without a gather.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -20,10 +28,12 @@ import numpy as np
 import torch
 
 from clusterfit import distributed as dist
-from clusterfit.artifacts import Stage, atomic_write, write_text
+from clusterfit.artifacts import Stage, atomic_write, write_json, write_text
 from clusterfit.data import VideoSet, center_crop, to_float
+from clusterfit.errors import ClusterFitError
 from clusterfit.features import compute_features
 from clusterfit.models.net import global_pool
+from clusterfit.sharded import MANIFEST_SUFFIX, ShardedArray, manifest, shard_name
 from clusterfit.stages import graph, pretrain
 from clusterfit.stages.context import Context, each_task, finish, start, up_to_date
 from clusterfit.train.engine import CHECKPOINT
@@ -41,25 +51,57 @@ def stage(ctx: Context, task: int = 0) -> Stage:
     """The extract stage of the ``task``-th N_pre: its config, N_pre's and the data's prints."""
     pre = pretrain.stage(ctx, task)
     inputs = {"pretrain": pre.fingerprint, "data": ctx.data().fingerprint}
-    return Stage(ctx.run_dir, folder(task), asdict(ctx.cfg.extract), inputs)
+    config = asdict(ctx.cfg.extract)
+    for key, default in _LATER_KEYS.items():  # at their defaults, earlier runs stay up to date
+        if config[key] == default:
+            del config[key]
+    return Stage(ctx.run_dir, folder(task), config, inputs)
+
+
+#: Settings added after the first release, with the values that earlier runs had.
+_LATER_KEYS = {"precision": "float32", "dtype": "float32", "sharded": False}
+_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def features_path(st: Stage, layer: str) -> Path:
+    """The single features file ``<layer>.npy`` (unsharded extraction)."""
     return st.dir / f"{layer}.npy"
 
 
-def _new_features(path: Path, shape: tuple[int, int]) -> None:
-    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()
+def manifest_path(st: Stage, layer: str) -> Path:
+    """``<layer>.manifest.json``: shape, dtype and the files holding the rows."""
+    return st.dir / f"{layer}{MANIFEST_SUFFIX}"
 
 
-def _usable(path: Path, shape: tuple[int, int]) -> bool:
-    """True when ``path`` is a float32 ``.npy`` of ``shape`` (a resumable features file); a file
-    that cannot be read is reported and made anew."""
+def open_features(st: Stage, layer: str) -> np.ndarray | ShardedArray:
+    """The N x D features of a finished extraction, read-only: the ``.npy`` memmap, or the
+    :class:`ShardedArray` over the rank files its manifest lists (float32 or float16)."""
+    path = manifest_path(st, layer)
+    if path.is_file():
+        m = read_manifest(path)
+        if len(m["shards"]) != 1 or m["shards"][0]["file"] != features_path(st, layer).name:
+            return ShardedArray.open(path)
+    return np.load(features_path(st, layer), mmap_mode="r")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A features manifest (see :mod:`clusterfit.sharded`)."""
+    return json.loads(path.read_text())
+
+
+def _new_features(path: Path, shape: tuple[int, int], dtype: str) -> None:
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape).flush()
+
+
+def _usable(path: Path, shape: tuple[int, int], dtype: str = "float32") -> bool:
+    """True when ``path`` is a ``.npy`` of ``shape`` and ``dtype`` (a resumable features file);
+    a file that cannot be read is reported and made anew."""
     if not path.exists():
         return False
     try:
         f = np.load(path, mmap_mode="r")
-        ok = f.shape == shape and f.dtype == np.float32
+        ok = f.shape == shape and f.dtype == np.dtype(dtype)
     except (OSError, ValueError) as e:
         ok = False
         warnings.warn(f"{path} cannot be read ({e}); extracting again", stacklevel=2)
@@ -100,21 +142,42 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     with torch.no_grad():
         dim = global_pool(net.to(ctx.device).eval().intermediates(probe_x, [layer])[layer]).shape[1]
     resuming = start(st)
-    path = features_path(st, layer)
-    rank = dist.get_rank()
-    done_file = st.dir / f".rows_done.rank{rank}"
-    shape = (len(data), int(dim))
-    if dist.is_main_process() and not _usable(path, shape):
-        resuming = False
-        atomic_write(path, lambda tmp: _new_features(tmp, shape))
-    dist.barrier()
-    out = np.load(path, mmap_mode="r+")
+    ex = cfg.extract
+    rank, world = dist.get_rank(), dist.get_world_size()
     mine = dist.shard(len(data))
+    shape = (len(data), int(dim))
+    if ex.sharded:  # each rank its own file of its rows
+        path = st.dir / shard_name(layer, rank, world)
+        done_file = st.dir / f".rows_done.{path.stem}"
+        first = mine.start
+        if len(mine) and not _usable(path, (len(mine), shape[1]), ex.dtype):
+            resuming = False
+            atomic_write(path, lambda tmp: _new_features(tmp, (len(mine), shape[1]), ex.dtype))
+    else:  # one file, each rank writing its rows
+        path = features_path(st, layer)
+        done_file = st.dir / f".rows_done.rank{rank}"
+        first = 0
+        remade = torch.zeros(1)
+        if dist.is_main_process() and not _usable(path, shape, ex.dtype):
+            remade[0] = 1
+            atomic_write(path, lambda tmp: _new_features(tmp, shape, ex.dtype))
+        if dist.broadcast(remade)[0] > 0:  # every rank starts again on a new file
+            resuming = False
+    dist.barrier()
+    out = np.load(path, mmap_mode="r+") if len(mine) or not ex.sharded else None
     done = _rows_done(done_file, mine) if resuming else mine.start
-    ctx.say(f"{st.name}: N_pre features at '{layer}' ({dim}-d) of {len(data)} images")
+    stored = "" if ex.dtype == "float32" else f", stored as {ex.dtype}"
+    ctx.say(f"{st.name}: N_pre features at '{layer}' ({dim}-d) of {len(data)} images{stored}")
 
     def sink(_layer: str, block: range, array: np.ndarray) -> None:
-        out[block.start : block.stop] = array
+        assert out is not None
+        if ex.dtype == "float16" and np.abs(array).max(initial=0.0) > _FLOAT16_MAX:
+            raise ClusterFitError(
+                f"extract.dtype=float16: features at '{layer}' exceed the float16 range "
+                f"(|x| up to {np.abs(array).max():.3g}); set extract.normalize=true or "
+                "extract.dtype=float32"
+            )
+        out[block.start - first : block.stop - first] = array
         if (block.stop - mine.start) % (
             16 * cfg.extract.batch_size
         ) == 0 or block.stop == mine.stop:
@@ -132,12 +195,26 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         sink=sink,
         progress=ctx.progress,
         desc="extract",
+        precision=_PRECISIONS[ex.precision],
     )
-    out.flush()
+    if out is not None:
+        out.flush()
     dist.barrier()
     if dist.is_main_process():
-        for f in st.dir.glob(".rows_done.rank*"):
+        for f in st.dir.glob(".rows_done.*"):
             f.unlink()
+        if ex.sharded:
+            blocks = [dist.shard(len(data), r, world) for r in range(world)]
+            shards = [(shard_name(layer, r, world), b.start, b.stop) for r, b in enumerate(blocks)]
+            shards = [s for s in shards if s[2] > s[1]]
+            listed = {s[0] for s in shards}
+            for f in st.dir.glob(f"{layer}.*-of-*.npy"):  # left by an attempt on other ranks
+                if f.name not in listed:
+                    f.unlink()
+        else:
+            shards = [(path.name, 0, len(data))]
+        facts = {"layer": layer, "normalized": ex.normalize, "precision": ex.precision}
+        write_json(manifest_path(st, layer), manifest(shape, ex.dtype, shards, **facts))
     summary = {"layer": layer, "n_items": len(data), "dim": int(dim)}
     if isinstance(data, VideoSet):
         summary["video"] = data.summary
