@@ -36,18 +36,20 @@ def is_main_process() -> bool:
 def init_from_env(backend: str | None = None) -> bool:
     """Initialise the default group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
 
-    Returns True when a group is (now) initialised. ``backend`` defaults to ``nccl`` when CUDA is
-    available and ``gloo`` otherwise.
+    Returns True when a group is (now) initialised. ``backend`` defaults to NCCL for CUDA tensors
+    and gloo for CPU tensors (``cuda:nccl,cpu:gloo``) when CUDA is available, so that the small
+    CPU tensors of the stages (loss totals, flags) reduce beside NCCL's GPU collectives; ``gloo``
+    otherwise.
     """
     if dist.is_available() and dist.is_initialized():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
-    if backend == "nccl":
+        backend = "cuda:nccl,cpu:gloo" if torch.cuda.is_available() else "gloo"
+    if "nccl" in backend:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
     return True
 
 
