@@ -1,4 +1,4 @@
-"""Data for the paper benchmark (``benchmarks/paper.py``): CIFAR-10 and Fashion-MNIST on disk.
+"""Data for the paper benchmark (``python -m benchmarks.paper``): CIFAR-10 and Fashion-MNIST.
 
 ClusterFit (Yan et al., CVPR 2020) at CPU scale: D_pre = D_cf = CIFAR-10 train (the paper's
 ImageNet-1K), probed on CIFAR-10 (the aligned target) and on Fashion-MNIST (a target whose label

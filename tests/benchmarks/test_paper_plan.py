@@ -1,24 +1,17 @@
-"""The paper benchmark's plan and claim evaluator (benchmarks/paper.py): no training, no data."""
+"""The paper benchmark's plan and claim evaluator (``benchmarks/paper/``): no training, no data."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def paper():
-    spec = importlib.util.spec_from_file_location("paper_bench", BENCH / "paper.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    import benchmarks.paper
+
+    return benchmarks.paper
 
 
 def _headline_seeds(plan, paper):
@@ -276,19 +269,20 @@ def test_filter_plan(paper):
 
 def test_choose_threads_discounts_this_process_own_threads(paper, monkeypatch):
     import torch
+    from benchmarks.paper import runner
 
-    monkeypatch.setattr(paper.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         # the previous stage ran 2 threads and nothing else runs: load ~2 is our own
-        monkeypatch.setattr(paper.os, "getloadavg", lambda: (2.1, 2.0, 2.0))
+        monkeypatch.setattr(runner.os, "getloadavg", lambda: (2.1, 2.0, 2.0))
         assert paper.choose_threads(None) == 2
         # two other busy processes besides our 2 threads
-        monkeypatch.setattr(paper.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
+        monkeypatch.setattr(runner.os, "getloadavg", lambda: (4.2, 4.0, 4.0))
         assert paper.choose_threads(None) == 1
         torch.set_num_threads(1)
-        monkeypatch.setattr(paper.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+        monkeypatch.setattr(runner.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
         assert paper.choose_threads(None) == 2
         assert paper.choose_threads(3) == 3
     finally:
@@ -378,7 +372,7 @@ def test_results_md_includes_the_written_reading_when_there_is_one(paper, tmp_pa
     )
     doc = {
         "scale": dataclasses.asdict(paper.FULL),
-        "command": "python benchmarks/paper.py",
+        "command": "python -m benchmarks.paper",
         "updated": "now",
         "steps_done": 0,
         "steps_total": 1,
@@ -388,10 +382,12 @@ def test_results_md_includes_the_written_reading_when_there_is_one(paper, tmp_pa
         "records": [],
         "cells": {},
     }
-    md = paper.render_markdown(doc, {}, paths)
+    from benchmarks.paper.render import render_markdown
+
+    md = render_markdown(doc, {}, paths)
     assert "## Claims" in md and "## What the figures say" not in md
     (tmp_path / "paper_reading.md").write_text("## What the figures say\n\nC2 does not hold.\n")
-    md = paper.render_markdown(doc, {}, paths)
+    md = render_markdown(doc, {}, paths)
     assert md.index("## Claims") < md.index("## What the figures say") < md.index("## Notes")
 
 
