@@ -37,7 +37,9 @@ def size_chart(sizes: np.ndarray, path: Path, title: str = "") -> Path:
     """
     s = np.sort(np.asarray(sizes))[::-1]
     fig, (ax1, ax2) = _figure(2)
-    ax1.bar(np.arange(len(s)), s, width=1.0, color="C0")
+    # one filled step curve rather than K bars: as fast for K = 1000 as for K = 10
+    ax1.fill_between(np.arange(len(s) + 1), np.append(s, s[-1:]), step="post", color="C0")
+    ax1.set_xlim(0, len(s))
     ax1.axhline(s.mean(), color="C3", linestyle="--", linewidth=1, label=f"mean {s.mean():.1f}")
     ax1.set_xlabel("clusters, largest to smallest")
     ax1.set_ylabel("members")

@@ -617,13 +617,22 @@ def write_run_report(
 
     # 1. summary, per group of settings
     groups = group_runs(infos, records) if many else [infos]
+    record_seeds: dict[str, list[Any]] = {}
+    for r in records:
+        seeds_of = record_seeds.setdefault(str(r.get("run")), [])
+        if r.get("seed") not in seeds_of:
+            seeds_of.append(r.get("seed"))
+
+    def seed_of(info: RunInfo) -> str:
+        return ", ".join(map(str, record_seeds.get(info.name) or [info.seed]))
+
     all_sentences: list[str] = []
     body.append('<h2 id="summary">Summary</h2>')
     md += ["## Summary", ""]
     if many:
         header = ["group", "runs", "seeds"]
         rows = [
-            [str(g + 1), ", ".join(i.name for i in grp), ", ".join(str(i.seed) for i in grp)]
+            [str(g + 1), ", ".join(i.name for i in grp), ", ".join(seed_of(i) for i in grp)]
             for g, grp in enumerate(groups)
         ]
         intro = (
@@ -636,7 +645,7 @@ def write_run_report(
     for g, grp in enumerate(groups):
         names = {i.name for i in grp}
         recs = [r for r in records if r.get("run") in names or not many]
-        seeds = [i.seed for i in grp]
+        seeds = [seed_of(i) for i in grp]
         if many:
             body.append(f"<h3>Group {g + 1}: {_e(', '.join(sorted(names)))}</h3>")
             md += [f"### Group {g + 1}: {', '.join(sorted(names))}", ""]
