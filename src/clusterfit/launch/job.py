@@ -150,6 +150,7 @@ class PipelineJob:
                 attempt=self.attempt,
                 launcher=self.launcher,
                 host=socket.gethostname(),
+                pid=os.getpid(),
                 nodes=env.num_nodes,
                 tasks=env.num_tasks,
                 world_size=distributed.get_world_size(),
@@ -175,7 +176,16 @@ class PipelineJob:
         to requeue, which resumes from the stage checkpoints on disk (``--redo`` was done)."""
         import submitit
 
-        env = submitit.JobEnvironment()
-        record(self.cfg, "requeued", job_id=env.job_id, attempt=self.attempt)
+        record(self.cfg, "requeued", job_id=_job_id(), attempt=self.attempt)
         again = replace(self, redo=(), attempt=self.attempt + 1)
         return submitit.helpers.DelayedSubmission(again)
+
+
+def _job_id() -> str | None:
+    """The submitit job id of this process, or None outside a job."""
+    import submitit
+
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except (KeyError, RuntimeError):
+        return None

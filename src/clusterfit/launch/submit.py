@@ -62,7 +62,13 @@ def make_executor(kind: str, cfg: RunConfig) -> Any:
         return executor
     if kind != "slurm":
         raise ConfigError(f"--launcher {kind}: choose one of {', '.join(LAUNCHERS)}")
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=la.max_requeues)
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=la.max_requeues)
+    except RuntimeError:  # submitit looks for srun
+        raise ConfigError(
+            "--launcher slurm: no 'srun' on this machine; submit from a SLURM login node "
+            "(or use --launcher local)"
+        ) from None
     params = {
         "job_name": f"clusterfit-{cfg.name}",
         "nodes": la.nodes,
@@ -144,7 +150,7 @@ def launch(
         print(f"  job ids and log files: {cfg.run_dir / 'launcher' / 'jobs.jsonl'}")
         return 0
     try:
-        job.result()
+        job.results()  # one result per task
     except Exception as exc:  # submitit's FailedJobError / UncompletedJobError
         tail = _last_error(job) or str(exc).strip().splitlines()[-1]
         raise ClusterFitError(
