@@ -209,6 +209,8 @@ class ProbeConfig:
     lowshot_layers: list[str] = field(default_factory=lambda: ["res5"])
     random_baseline: bool = True
     batch_size: int = 256
+    # The SGD updates' matrix products: bfloat16 where the hardware has it ("auto"), or float32.
+    precision: str = "float32"
 
 
 @dataclass
@@ -295,6 +297,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.backend": ("auto", "fused", "faiss", "torch"),
     "extract.precision": ("float32", "bfloat16", "float16"),
     "extract.dtype": ("float32", "float16"),
+    "probe.precision": ("auto", "float32", "bfloat16"),
 }
 
 

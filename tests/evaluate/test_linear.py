@@ -254,3 +254,59 @@ def test_timed_thread_choice_changes_no_number(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def test_bfloat16_updates_follow_the_float32_ones():
+    """The bfloat16 products change the rounding only: after many updates the weights stay
+    within a percent of the float32 weights (relative to their scale), for every stacked rate."""
+    import torch
+
+    from clusterfit.evaluate.linear import _train_stacked
+
+    rng = np.random.default_rng(5)
+    c, d = 5, 300
+    means = rng.normal(size=(c, d)).astype(np.float32) * 0.3
+    y = rng.integers(0, c, 600)
+    z = torch.from_numpy(means[y] + rng.normal(size=(600, d)).astype(np.float32))
+    yt = torch.from_numpy(y)
+    kw = dict(n_updates=150, batch_size=64, momentum=0.9, weight_decay=5e-4, seed=1)
+    lrs = (0.1, 0.01)
+    full = _train_stacked(z, yt, c, lrs, progress=False, desc="", dual=False, **kw)
+    low = _train_stacked(
+        z, yt, c, lrs, progress=False, desc="", dual=False, precision="bfloat16", **kw
+    )
+    assert low[0].dtype == torch.float32  # master weights stay float32
+    for j in range(len(lrs)):
+        scale = float(full[0][j].abs().max())
+        err = float((low[0][j] - full[0][j]).abs().max())
+        assert 0 < err < 0.02 * scale  # rounded differently, yet the same classifier
+        assert float((low[1][j] - full[1][j]).abs().max()) < 0.02 * scale + 1e-6
+
+
+def test_bfloat16_probe_numbers_match_float32_within_a_few_tenths():
+    rng = np.random.default_rng(3)
+    c, d = 8, 1500
+    means = rng.normal(size=(c, d)).astype(np.float32) * 0.06
+    y = rng.integers(0, c, 2600)
+    x = means[y] + rng.normal(size=(2600, d)).astype(np.float32)
+    kw = dict(n_updates=150, progress=False)
+    ref = linear_probe(x[:1600], y[:1600], x[1600:], y[1600:], precision="float32", **kw)
+    low = linear_probe(x[:1600], y[:1600], x[1600:], y[1600:], precision="bfloat16", **kw)
+    assert ref["precision"] == "float32" and low["precision"] == "bfloat16"
+    assert 30 < ref["top1"] < 99  # a problem with room for rounding to matter
+    assert low["lr"] == ref["lr"]
+    assert abs(low["top1"] - ref["top1"]) <= 0.5
+
+
+def test_precision_auto_follows_the_hardware_and_bad_values_are_refused(monkeypatch):
+    from clusterfit.evaluate import linear
+
+    for native in (True, False):
+        monkeypatch.setattr(linear, "native_bfloat16", lambda device, v=native: v)
+        assert linear.resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+        assert linear.resolve_precision("float32", "cpu") == "float32"
+    with pytest.raises(ClusterFitError, match="precision='half'; choose one of: auto"):
+        linear.resolve_precision("half", "cpu")
+    x, y = _blobs(60, 4, 3, seed=1)
+    with pytest.raises(ClusterFitError, match="precision"):
+        linear_probe(x, y, x, y, precision="fp8", progress=False)

@@ -29,6 +29,7 @@ from clusterfit.data import ImageSet, center_crop, load_dataset, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.evaluate._common import l2_normalize
+from clusterfit.evaluate.linear import resolve_precision
 from clusterfit.features import compute_features
 from clusterfit.models import Net, build_from_args, recalibrate_batchnorm
 from clusterfit.stages import baselines, fit, graph, pretrain
@@ -44,9 +45,11 @@ MODEL_ORDER = ("random", "N_pre", "N_pre_2", "N_pre_3", "N_pre_2x", "distill", "
 
 
 def _probe_settings(ctx: Context) -> dict[str, Any]:
+    """The probe protocol (what a cell is keyed by), its precision resolved for this machine."""
     p = asdict(ctx.cfg.probe)
     p.pop("targets")
     p.pop("random_baseline")
+    p["precision"] = resolve_precision(p["precision"], ctx.device)
     return {**p, "seed": ctx.cfg.seed}
 
 
@@ -107,7 +110,7 @@ def stage(ctx: Context) -> Stage:
     return Stage(ctx.run_dir, graph.folder("probe", variant=ctx.variant), config, inputs)
 
 
-def _load_net(ctx: Context, m: graph.Probed) -> Net:
+def load_net(ctx: Context, m: graph.Probed) -> Net:
     """The probed network: its stage's checkpoint (checked complete by :func:`run`), or for the
     random floor a fresh, seeded network of N_pre's architecture."""
     net = ctx.load_model(m.stage.dir / CHECKPOINT)
@@ -228,6 +231,21 @@ def settings_digest(ctx: Context, m: graph.Probed) -> str:
     return fingerprint(made)[:12]
 
 
+def cell_features(
+    ctx: Context, net: Net, name: str, train: ImageSet, test: ImageSet, layers: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The features of ``layers`` (each average-pooled to at most ``probe.max_dims``; N x D) of
+    a target's train and test images, each layer extracted once in one pass over the images."""
+    pc = ctx.cfg.probe
+    layers = list(dict.fromkeys(layers))
+    pool = functools.partial(pool_to_dims, max_dims=pc.max_dims)
+    common = {"batch_size": pc.batch_size, "device": ctx.device, "progress": ctx.progress}
+    feats_train = compute_features(net, train, layers, pool=pool, desc=f"{name} train", **common)
+    feats_test = compute_features(net, test, layers, pool=pool, desc=f"{name} test", **common)
+    assert feats_train is not None and feats_test is not None
+    return feats_train, feats_test
+
+
 def probe_cell(
     ctx: Context,
     net: Net,
@@ -245,12 +263,7 @@ def probe_cell(
         *(["pool"] if pc.knn else []),
         *(pc.lowshot_layers if pc.lowshot_shots else []),
     ]
-    layers = list(dict.fromkeys(wanted))
-    pool = functools.partial(pool_to_dims, max_dims=pc.max_dims)
-    common = {"batch_size": pc.batch_size, "device": ctx.device, "progress": ctx.progress}
-    feats_train = compute_features(net, train, layers, pool=pool, desc=f"{m.name} train", **common)
-    feats_test = compute_features(net, test, layers, pool=pool, desc=f"{m.name} test", **common)
-    assert feats_train is not None and feats_test is not None
+    feats_train, feats_test = cell_features(ctx, net, m.name, train, test, wanted)
     base = {"model": m.name, "target": target.name, **_context_fields(ctx, m)}
     records = []
 
@@ -291,6 +304,7 @@ def probe_cell(
             seed=ctx.cfg.seed,
             device=ctx.device,
             progress=ctx.progress,
+            precision=pc.precision,
         )
         extra = {k: v for k, v in res.items() if k not in ("top1", "top5")}
         extra["dims"] = int(feats_train[layer].shape[1])
@@ -351,7 +365,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 records.extend({**r, "settings": made_with} for r in read_json(path))
                 continue
             if net is None or m.kind == "random":
-                net = _load_net(ctx, m)
+                net = load_net(ctx, m)
             if m.kind == "random":
                 net = random_floor(ctx, net, train)
             ctx.say(f"{st.name}: {m.name} on {target.name} ({len(train)} train / {len(test)} test)")
