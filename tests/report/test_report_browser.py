@@ -215,3 +215,43 @@ def test_report_over_runs_averages_seeds_keeps_settings_apart(
     assert first[2] == f"{n_cf + 1:.2f} ± {np.sqrt(2):.2f}"
     assert second[2] == f"{n_cf - 5:.2f}"  # the other setting alone
     assert "one seed: no spread" not in dom_text.split('class="verdict"')[1].split("</div>")[0]
+
+
+@needs_browser
+def test_large_k_shows_a_selection_on_pages_of_blocks(run_dir: Path, tmp_path: Path) -> None:
+    from clusterfit.artifacts import write_json
+    from clusterfit.cluster import cluster_stats
+    from clusterfit.report import write_run_report
+    from clusterfit.report.clusters import SHOW_LARGEST, SHOW_RANDOM, SHOW_SMALLEST
+    from clusterfit.report.page import BLOCK
+
+    run = tmp_path / "big-k"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report"))
+    feats = np.load(run / "features" / "pool.npy")
+    k = 150  # above the one-page limit: more clusters than the 96 items, many of them empty
+    a = np.random.default_rng(0).integers(0, k, len(feats))
+    np.save(run / "clusters" / "assignments.npy", a)
+    centroids = np.stack([feats[a == c].mean(0) if (a == c).any() else feats[0] for c in range(k)])
+    np.save(run / "clusters" / "centroids.npy", centroids.astype(np.float32))
+    write_json(run / "clusters" / "stats.json", cluster_stats(a, k))
+    out = write_run_report([run], run / "report")
+    want_pages = sum(-(-n // BLOCK) for n in (SHOW_LARGEST, SHOW_SMALLEST, SHOW_RANDOM))
+    assert len(out["pages"]) == want_pages
+    index = (run / "report" / "index.html").read_text()
+    assert all(f'href="{p}"' in index for p in out["pages"])
+    shown = []
+    for page in out["pages"]:
+        dom = Dom(chromium("--dump-dom", (run / "report" / page).as_uri()))
+        cards = dom.find("div", "cluster")
+        assert 0 < len(cards) <= BLOCK
+        for card, _ in cards:
+            cid, size = int(card["data-cid"]), int(card["data-size"])
+            assert size == int((a == cid).sum())
+            imgs = [
+                x for x, up in dom.find("img") if any(u.get("data-cid") == str(cid) for u in up)
+            ]
+            assert len(imgs) == (0 if size == 0 else min(size, 8) * 2)
+            shown.append(cid)
+    assert len(shown) == len(set(shown)) == SHOW_LARGEST + SHOW_SMALLEST + SHOW_RANDOM
+    sizes = np.bincount(a, minlength=k)
+    assert sorted(sizes[shown[:SHOW_LARGEST]]) == sorted(np.sort(sizes)[-SHOW_LARGEST:])

@@ -564,8 +564,9 @@ def _provenance(info: RunInfo, md: list[str]) -> str:
 
 
 def _caption(path: Path) -> str:
-    sweep = path.name.split("_", 1)[0]
-    return SWEEPS[sweep][2] if sweep in SWEEPS else path.stem
+    sweep, _, what = path.stem.partition("_")
+    base = SWEEPS[sweep][2] if sweep in SWEEPS else sweep
+    return f"{base}: {what.replace('_', ' ')}" if what else base
 
 
 # ----------------------------------------------------------------------------- the report
