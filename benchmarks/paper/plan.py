@@ -61,6 +61,11 @@ class Step:
     validation: bool = False  # probe the validation targets too (seed-0 runs)
     only: str | None = None  # run only this stage (``pretrain``: the early signal check)
     pre_epochs: int | None = None  # N_pre epochs other than the scale's (the diagnostic)
+    # the baselines of the step's *run*: every step of a run shares one config (but its K), so
+    # that the graph's fingerprints agree between the steps that share stage folders (a probe
+    # folder probes every network of the run)
+    run_pre2x: bool = False
+    run_distill: bool = False
 
     @property
     def tag(self) -> str:
@@ -86,10 +91,15 @@ def _tag(ks: tuple[int, ...]) -> str:
 
 
 def build_plan(scale: Scale) -> list[Step]:
-    """The steps of ``scale``'s suite in order (by its regime)."""
-    if scale.regime == "teacher":
-        return _teacher_plan(scale)
-    return _control_plan(scale)
+    """The steps of ``scale``'s suite in order (by its regime); each step knows the baselines
+    of its run (``run_pre2x``, ``run_distill``: those of any of the run's steps)."""
+    steps = _teacher_plan(scale) if scale.regime == "teacher" else _control_plan(scale)
+    pre2x = {s.run for s in steps if s.pre2x}
+    distill = {s.run for s in steps if s.distill}
+    return [
+        dataclasses.replace(s, run_pre2x=s.run in pre2x, run_distill=s.run in distill)
+        for s in steps
+    ]
 
 
 def _control_plan(scale: Scale) -> list[Step]:
@@ -337,14 +347,14 @@ def estimate(plan: Sequence[Step], scale: Scale, k_default: dict[str, int]) -> l
                 have.add((step.run, "fit", k))
                 t += _train_passes(scale, "supervised") / scale.train_ips
                 nets += 1
-        if step.pre2x and (step.run, "pre2x") not in have:
+        if (step.pre2x or step.run_pre2x) and (step.run, "pre2x") not in have:
             have.add((step.run, "pre2x"))
             epochs = (scale.rot_epochs if step.objective == "rotnet" else scale.epochs) + (
                 scale.epochs
             )
             t += _train_passes(scale, step.objective, epochs) / scale.train_ips
             nets += 1
-        if step.distill and (step.run, "distill") not in have:
+        if (step.distill or step.run_distill) and (step.run, "distill") not in have:
             have.add((step.run, "distill"))
             t += 1.35 * _train_passes(scale, "supervised") / scale.train_ips
             nets += 1
@@ -483,8 +493,8 @@ def make_config(
         f"probe.max_dims={s.max_dims}",
         # the random-init floor is probed once per seed, in the single-task headline runs
         "probe.random_baseline=" + ("false" if step.role in ("multitask", "diagnose") else "true"),
-        f"baselines.pre2x={str(step.pre2x).lower()}",
-        f"baselines.distill={str(step.distill).lower()}",
+        f"baselines.pre2x={str(step.pre2x or step.run_pre2x).lower()}",
+        f"baselines.distill={str(step.distill or step.run_distill).lower()}",
     ]
     if step.experiment == "control":
         over += [
@@ -522,6 +532,8 @@ def make_config(
     cfg.probe.layers = list(CONTROL_LAYERS if step.experiment == "control" else SELFSUP_LAYERS)
     cfg.probe.targets = targets(s, data, step.validation, image_size=size)
     cfg.sweep_k = list(ks)
+    # a pretraining-only step's K is not used, but it must be a valid one for the data
+    cfg.cluster.k = min(ks or s.k_control or (cfg.cluster.k,))
     if step.role == "multitask":
         # Multi-task ClusterFit (App. E): the Jigsaw and RotNet N_pre of the same seed, as
         # checkpoints (trained once, in their own runs); one N_cf with a head per clustering.

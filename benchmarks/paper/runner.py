@@ -349,6 +349,10 @@ def run_suite(
     plan = [s for s in full_plan if s.role in ("select", "signal")] if pilot else full_plan
     plan = filter_plan(plan, only)
     extra = {"budget": budget_line(scale, full_plan)}
+    if scale.regime == "overfit":
+        from benchmarks.paper.scale import OVERFIT_PILOT
+
+        extra["pilot"] = OVERFIT_PILOT
     failures = 0
     print(f"{len(plan)} steps; runs under {paths.runs}; torch threads {torch.get_num_threads()}")
     for i, step in enumerate(plan):
