@@ -176,7 +176,7 @@ def _control_plan(scale: Scale) -> list[Step]:
     # 2. headline control cells at p >= 50 (all seeds), then distillation
     first = [p for p in scale.noise if p >= 0.5]
     later = [p for p in scale.noise if p < 0.5]
-    with_pre2x = scale.pre2x_all_seeds
+    with_pre2x = scale.pre2x and scale.pre2x_all_seeds
 
     def headline(p: float, seed: int) -> None:
         ctl("headline", p, seed, (SELECT,))
@@ -211,7 +211,7 @@ def _control_plan(scale: Scale) -> list[Step]:
         for seed in seeds:
             headline(p, seed)
     # 5. N_pre 2x (seed 0): every p, and Jigsaw
-    if not with_pre2x:
+    if scale.pre2x and not scale.pre2x_all_seeds:
         for p in scale.noise:
             ctl("baseline", p, s0, (SELECT,), pre2x=True)
     if scale.selfsup:
@@ -377,10 +377,14 @@ def default_ks(scale: Scale, selection: dict[str, Any] | None = None) -> dict[st
 
 def budget_line(scale: Scale, plan: Sequence[Step]) -> str:
     total = sum(estimate(plan, scale, default_ks(scale)))
+    where = (
+        "a quiet 2-core machine; more when it is shared"
+        if scale.device == "cpu"
+        else "one GPU, assumed; the script stops at its time limit and resumes on its next call"
+    )
     return (
         f"about {total / 3600:.1f} h of this machine for the {len(plan)} steps at "
-        f"{scale.train_ips:.0f} training / {scale.infer_ips:.0f} inference images/s (a quiet "
-        "2-core machine; more when it is shared)."
+        f"{scale.train_ips:.0f} training / {scale.infer_ips:.0f} inference images/s ({where})."
     )
 
 
@@ -479,8 +483,8 @@ def make_config(
         f"data.source={data.cifar_csv}",
         "data.split=train",
         f"data.limit={s.n_images}",
-        "pretrain.arch=resnet_cifar",
-        f"pretrain.arch_kwargs={net}",
+        f"pretrain.arch={s.arch}",
+        f"pretrain.arch_kwargs={net if s.arch == 'resnet_cifar' else '{}'}",
         f"pretrain.train.batch_size={s.batch_size}",
         f"pretrain.train.lr={s.lr}",
         f"pretrain.train.augment={str(s.augment).lower()}",

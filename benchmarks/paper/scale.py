@@ -60,7 +60,9 @@ class Scale:
     # ... and at these p also at the other seeds, last in the plan (claim C2L)
     long_pre_seed_noise: tuple[float, ...] = ()
     regime: str = "control"
+    arch: str = "resnet_cifar"  # N_pre's and N_cf's network (``depth`` / ``width`` for this one)
     augment: bool = True
+    pre2x: bool = True  # N_pre 2x is part of the suite
     selfsup: bool = True  # the self-supervised experiment (§4.2) is part of the suite
     pre2x_all_seeds: bool = False
     train_ips: float = 220.0
@@ -204,21 +206,23 @@ TEACHER = dataclasses.replace(
     infer_ips=120.0,  # EfficientNet-Lite0 at 64 px on 2 cores (extraction of D_cf)
 )
 
-# A larger scale for a GPU: all 45,000 train images, a torchvision ResNet-18 at 32 px.
+# The control experiment on a GPU (``benchmarks/paper_gpu.sh``, <= 10 minutes): all 45,000
+# train images, a torchvision ResNet-18 at 32 px, 60 epochs without augmentation, p in {0, 0.5},
+# one seed, one K (no choice to make on validation: the validation probes are still recorded).
 GPU = dataclasses.replace(
     OVERFIT,
     name="gpu",
+    arch="resnet18",
     n_images=45000,
-    depth=18,
-    width=64,
     epochs=60,
     lr=0.1,
-    batch_size=256,
+    batch_size=512,
     augment=False,
     noise=(0.5, 0.0),
-    k_control=(100, 1000),
+    k_control=(100,),
     seeds=(0,),
     distill_noise=(),
+    pre2x=False,
     pre2x_all_seeds=False,
     probe_limit=10000,
     probe_test_limit=10000,

@@ -287,3 +287,22 @@ def test_random_floor_once_per_seed_in_tables():
     recs.append(_rec("N_pre", 50, 0, label_noise=0.5))
     once = render.once_per_seed(recs)
     assert [(r["model"], r["seed"]) for r in once] == [("random", 0), ("random", 1), ("N_pre", 0)]
+
+
+def test_gpu_suite_is_the_issue_scale_and_its_configs_validate(tmp_path):
+    from benchmarks.paper.scale import GPU
+
+    class Data:
+        cifar_csv = tmp_path / "c.csv"
+        fmnist_csv = tmp_path / "f.csv"
+
+    paths = P.Paths(tmp_path / "runs", tmp_path / "r.json", None, tmp_path / "rep")
+    plan = P.build_plan(GPU)
+    assert GPU.n_images == 45000 and GPU.epochs >= 60 and not GPU.augment
+    assert {s.noise for s in plan} == {0.0, 0.5}
+    for s in plan:
+        cfg = P.make_config(s, GPU, Data, paths, [100])
+        assert cfg.pretrain.arch == "resnet18" and cfg.pretrain.arch_kwargs == {}
+        assert cfg.device == "auto" and cfg.data.limit == 45000
+    script = (P.REPO / "benchmarks" / "paper_gpu.sh").read_text()
+    assert "python -m benchmarks.paper --gpu" in script
