@@ -133,6 +133,7 @@ def test_video_thumbnail_is_a_strip_of_frames_across_the_video():
     # frames 10, 16, 23, 29 of the file (video 1's first, evenly spaced, last)
     got = [int(strip[0, j * (s + 2), 0]) for j in range(4)]
     assert got == [8 * f for f in (10, 16, 23, 29)]
+    assert (strip[:, s : s + 2] == 255).all()  # frames apart by a white gap
 
 
 @pytest.mark.parametrize("channels", [1, 3])

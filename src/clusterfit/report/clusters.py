@@ -72,6 +72,7 @@ class Clustering:
     label_counts: np.ndarray | None
     views: list[ClusterView]
     note: str = ""  # why there are no thumbnails, when there are none
+    m: int = MEMBERS  # members shown per cluster and kind
 
     def purity(self, cid: int) -> float | None:
         if self.label_counts is None:
@@ -192,7 +193,7 @@ def load_clustering(
     rng = np.random.default_rng(seed)
     order = np.argsort(a, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    out = Clustering(folder, k, stats, sizes, classes, label_counts, [], note)
+    out = Clustering(folder, k, stats, sizes, classes, label_counts, [], note, m)
     for cid, group in select_clusters(sizes, seed):
         members = order[bounds[cid] : bounds[cid + 1]]
         view = ClusterView(cid, int(sizes[cid]), group, out.purity(cid))
@@ -233,7 +234,8 @@ def thumbnail(data: Any, item: int) -> Any:
         for f in frames:
             f.thumbnail((THUMB_SIDE, THUMB_SIDE))
         w, h = sum(f.width for f in frames), max(f.height for f in frames)
-        strip = Image.new(frames[0].mode, (w + 2 * (len(frames) - 1), h), 255)
+        white = 255 if frames[0].mode == "L" else (255, 255, 255)
+        strip = Image.new(frames[0].mode, (w + 2 * (len(frames) - 1), h), white)
         x = 0
         for f in frames:
             strip.paste(f, (x, 0))

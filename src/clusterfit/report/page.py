@@ -414,9 +414,9 @@ def _clusters_section(
             parts.append(f'<p class="note">No thumbnails: {_e(c.note)}.</p>')
         has_purity = c.label_counts is not None
         explain = (
-            f"Each cluster: its size, its label mix (coloured bar, largest label first), the "
-            f"{len(c.views[0].nearest) if c.views else 0} members nearest its centroid "
-            "(“nearest”, nearest first) and as many drawn at random (“random”). A cluster whose "
+            "Each cluster: its size, its label mix (coloured bar, largest label first), the "
+            f"{c.m} members nearest its centroid (“nearest”, nearest first; fewer in a smaller "
+            "cluster) and as many drawn at random (“random”). A cluster whose "
             "nearest and random members look alike is coherent; hover a thumbnail for its item "
             "index."
         )
