@@ -172,9 +172,9 @@ def _arch(arch: Any, kwargs: Any) -> str:
     return f"{arch}({kw})" if kw else str(arch)
 
 
-def settings_in_words(info: RunInfo) -> list[str]:
+def settings_in_words(info: RunInfo, *, seed: bool = True) -> list[str]:
     """The run's settings as short HTML sentences: data, N_pre, features, clustering, N_cf,
-    baselines, probes, seed."""
+    baselines, probes, and (``seed``) the seed."""
     out = []
     cfg = info.config or {}
     feats = info.meta("features").get("summary", {})
@@ -245,7 +245,7 @@ def settings_in_words(info: RunInfo) -> list[str]:
             + ("; kNN on pool" if pp.get("knn") else "")
             + "."
         )
-    if info.seed is not None:
+    if seed and info.seed is not None:
         out.append(f"<b>Seed</b>: {info.seed}.")
     return out
 
@@ -656,8 +656,8 @@ def write_run_report(
                     '<p class="note">Two runs of this group share a seed: they are repeats, '
                     "not independent seeds.</p>"
                 )
-        words = settings_in_words(grp[0])
-        if many or len(seeds) > 1:
+        words = settings_in_words(grp[0], seed=not many)
+        if many:
             words.append(f"<b>Seeds</b>: {', '.join(map(str, seeds))}.")
         body.append("<ul>" + "".join(f"<li>{w}</li>" for w in words) + "</ul>")
         md += [f"- {_strip_tags(w)}" for w in words] + [""]
