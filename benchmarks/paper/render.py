@@ -437,7 +437,8 @@ def side_by_side(present: dict[str, Any] | None, overfit: dict[str, Any]) -> str
     old = {_claim_key(c): c for c in (present or {}).get("claims", []) if c["id"] in ids}
     new = {_claim_key(c): c for c in overfit.get("claims", []) if c["id"] in ids}
     rows = []
-    for key in dict.fromkeys([*old, *new]):
+    keys = list(dict.fromkeys([*old, *new]))
+    for key in sorted(keys, key=lambda k: (ids.index(k[0]), keys.index(k))):
         a, b = old.get(key), new.get(key)
         rows.append(
             [
