@@ -10,7 +10,7 @@ from clusterfit.data import VideoSet
 from clusterfit.report.clusters import (
     SHOW_ALL,
     SHOW_LARGEST,
-    SHOW_RANDOM,
+    SHOW_MIXED,
     SHOW_SMALLEST,
     _nearest,
     select_clusters,
@@ -84,20 +84,29 @@ def test_sweep_gets_one_ncf_column_per_k():
     assert len(verdict(t)) == 2
 
 
-def test_select_clusters_all_then_largest_smallest_random():
+def test_select_clusters_all_then_largest_smallest_mixed_random():
     sizes = np.arange(SHOW_ALL)
     assert select_clusters(sizes) == [(c, "all") for c in range(SHOW_ALL)]
     rng = np.random.default_rng(0)
     sizes = rng.permutation(np.arange(250)) + 1
     sizes[7] = 0  # an empty cluster is shown after the small non-empty ones
-    sel = select_clusters(sizes, seed=3)
-    groups = {g: [c for c, gg in sel if gg == g] for g in ("largest", "smallest", "random sample")}
-    assert [len(v) for v in groups.values()] == [SHOW_LARGEST, SHOW_SMALLEST, SHOW_RANDOM]
-    assert len({c for c, _ in sel}) == len(sel)
-    assert sorted(sizes[groups["largest"]]) == sorted(np.sort(sizes)[-SHOW_LARGEST:])
-    nonempty = np.sort(sizes[sizes > 0])
-    assert sorted(sizes[groups["smallest"]]) == sorted(nonempty[:SHOW_SMALLEST])
-    assert sel == select_clusters(sizes, seed=3)  # reproducible
+    purity = rng.uniform(0.2, 1.0, 250)
+    purity[7] = np.nan
+    for pur, n_mixed in ((None, 0), (purity, SHOW_MIXED)):
+        sel = select_clusters(sizes, seed=3, purity=pur)
+        names = ("largest", "smallest", "most mixed", "random sample")
+        groups = {g: [c for c, gg in sel if gg == g] for g in names}
+        n_random = SHOW_ALL - SHOW_LARGEST - SHOW_SMALLEST - n_mixed
+        assert [len(v) for v in groups.values()] == [SHOW_LARGEST, SHOW_SMALLEST, n_mixed, n_random]
+        assert len({c for c, _ in sel}) == len(sel) == SHOW_ALL
+        assert sorted(sizes[groups["largest"]]) == sorted(np.sort(sizes)[-SHOW_LARGEST:])
+        nonempty = np.sort(sizes[sizes > 0])
+        assert sorted(sizes[groups["smallest"]]) == sorted(nonempty[:SHOW_SMALLEST])
+        assert sel == select_clusters(sizes, seed=3, purity=pur)  # reproducible
+    # the most mixed: the lowest purities among the clusters neither largest nor smallest
+    rest = [c for c in range(250) if c not in groups["largest"] + groups["smallest"]]
+    lowest = sorted(purity[c] for c in rest if np.isfinite(purity[c]))[:SHOW_MIXED]
+    assert sorted(purity[groups["most mixed"]]) == lowest
 
 
 def test_nearest_members_against_brute_force():

@@ -7,8 +7,8 @@ finds the ``m`` members nearest its centroid (Euclidean; cosine for spherical k-
 random members, and writes their thumbnails (small JPEG files) from the real items of the data
 set: the image, or for a video a strip of frames taken evenly across it.
 
-All K clusters are shown when K <= :data:`SHOW_ALL`; otherwise the largest, the smallest and a
-random sample (:func:`select_clusters`).
+All K clusters are shown when K <= :data:`SHOW_ALL`; otherwise the largest, the smallest, the most
+mixed and a random sample (:func:`select_clusters`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ __all__ = [
 
 #: every cluster is shown up to this K
 SHOW_ALL = 100
-#: above it: this many largest, smallest, and randomly drawn clusters
-SHOW_LARGEST, SHOW_SMALLEST, SHOW_RANDOM = 20, 20, 60
+#: above it: this many largest, smallest and (where labels exist) most mixed clusters, the rest
+#: of SHOW_ALL drawn at random
+SHOW_LARGEST, SHOW_SMALLEST, SHOW_MIXED = 20, 20, 20
 #: thumbnails per cluster and kind (nearest the centroid, random)
 MEMBERS = 8
 #: longest side of a thumbnail (pixels); a video thumbnail is a strip of VIDEO_FRAMES such frames
@@ -81,12 +82,15 @@ class Clustering:
         return float(row.max() / row.sum()) if row.sum() else None
 
 
-def select_clusters(sizes: np.ndarray, seed: int = 0) -> list[tuple[int, str]]:
+def select_clusters(
+    sizes: np.ndarray, seed: int = 0, purity: np.ndarray | None = None
+) -> list[tuple[int, str]]:
     """Which clusters to show, with the group each is shown in.
 
-    All of them (by id) when K <= :data:`SHOW_ALL`; else the :data:`SHOW_LARGEST` largest,
-    the :data:`SHOW_SMALLEST` smallest (non-empty first) and :data:`SHOW_RANDOM` drawn at random
-    (``seed``) from the rest.
+    All of them (by id) when K <= :data:`SHOW_ALL`; else the :data:`SHOW_LARGEST` largest, the
+    :data:`SHOW_SMALLEST` smallest (non-empty first), with ``purity`` ((K,) share of the majority
+    label, NaN where unknown) the :data:`SHOW_MIXED` most mixed of the rest, and clusters drawn at
+    random (``seed``) from the rest up to :data:`SHOW_ALL` in all.
     """
     k = len(sizes)
     if k <= SHOW_ALL:
@@ -95,12 +99,19 @@ def select_clusters(sizes: np.ndarray, seed: int = 0) -> list[tuple[int, str]]:
     largest = [int(c) for c in order[:SHOW_LARGEST]]
     rest = [int(c) for c in order[SHOW_LARGEST:]]
     smallest = sorted(rest, key=lambda c: (sizes[c] == 0, sizes[c], c))[:SHOW_SMALLEST]
-    pool = sorted(set(rest) - set(smallest))
+    rest = [c for c in rest if c not in set(smallest)]
+    mixed: list[int] = []
+    if purity is not None:
+        known = [c for c in rest if np.isfinite(purity[c])]
+        mixed = sorted(known, key=lambda c: (purity[c], -sizes[c], c))[:SHOW_MIXED]
+    pool = sorted(set(rest) - set(mixed))
+    n_random = SHOW_ALL - len(largest) - len(smallest) - len(mixed)
     rng = np.random.default_rng(seed)
-    drawn = sorted(int(c) for c in rng.choice(pool, min(SHOW_RANDOM, len(pool)), replace=False))
+    drawn = sorted(int(c) for c in rng.choice(pool, min(n_random, len(pool)), replace=False))
     return (
         [(c, "largest") for c in largest]
         + [(c, "smallest") for c in smallest]
+        + [(c, "most mixed") for c in mixed]
         + [(c, "random sample") for c in drawn]
     )
 
@@ -194,7 +205,12 @@ def load_clustering(
     order = np.argsort(a, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     out = Clustering(folder, k, stats, sizes, classes, label_counts, [], note, m)
-    for cid, group in select_clusters(sizes, seed):
+    purity = None
+    if label_counts is not None:
+        totals = label_counts.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            purity = np.where(totals > 0, label_counts.max(1) / totals, np.nan)
+    for cid, group in select_clusters(sizes, seed, purity):
         members = order[bounds[cid] : bounds[cid + 1]]
         view = ClusterView(cid, int(sizes[cid]), group, out.purity(cid))
         if label_counts is not None and label_counts[cid].sum():

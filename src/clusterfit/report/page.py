@@ -466,10 +466,9 @@ def _clusters_section(
                     f"of {len(views)}</a></li>"
                 )
         parts.append(
-            f"<p>K = {c.k} is more than fits one page: shown are the "
-            f"{len(groups.get('largest', []))} largest, the "
-            f"{len(groups.get('smallest', []))} smallest and "
-            f"{len(groups.get('random sample', []))} drawn at random, {BLOCK} per page:</p>"
+            f"<p>K = {c.k} is more than fits one page: shown are "
+            + ", ".join(f"{len(v)} {_e(g)}" for g, v in groups.items())
+            + f" (clusters), {BLOCK} per page:</p>"
             f"<ul>{''.join(links)}</ul>"
         )
         md += ["Clusters shown (a selection):", "", _md_table(md_header, md_rows)]
