@@ -73,6 +73,16 @@ def test_run_rerun_and_partial_rerun(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert out.count("up to date, skipped") == len(STAGE_DIRS)
     assert {s: (run_dir / s / "meta.json").read_text() for s in STAGE_DIRS} == metas
+    linear = [r for r in results["records"] if r["protocol"] == "linear"]
+    assert {r["extra"]["precision"] for r in linear} == {"float32"}
+
+    # The probes' precision keys their cells: switching it reprobes, and nothing else.
+    assert main(["run", *tiny(tmp_path, "probe.precision=bfloat16")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("up to date, skipped") == len(STAGE_DIRS) - 1
+    assert "probe: up to date" not in out
+    records = json.loads((run_dir / "probe" / "results.json").read_text())["records"]
+    assert {r["extra"]["precision"] for r in records if r["protocol"] == "linear"} == {"bfloat16"}
 
     assert main(["run", *tiny(tmp_path, "cluster.k=6")]) == 0
     out = capsys.readouterr().out
