@@ -12,7 +12,7 @@ paper's scale of one shard (ClusterFit §3: K up to 16,000 on 2048-d ResNet-50 f
    ``faiss.Kmeans`` on the CPU (all cores; faiss-gpu too when installed).
 
     python benchmarks/gpu_check.py                  # on a GPU: benchmarks/results/gpu_check.json
-    python benchmarks/gpu_check.py --tiny --out X   # toy sizes, any device: checks the script
+    python benchmarks/gpu_check.py --tiny --out X   # toy sizes (resnet18), any device: a check
 
 ``scripts/gpu_check.sh`` runs the CUDA tests and this script in under 10 minutes on one H200.
 """
@@ -46,14 +46,20 @@ def _sync(device: torch.device) -> None:
 
 
 def train_throughput(
-    device: torch.device, size: int, batch: int, steps: int, warmup: int, rounds: int
+    device: torch.device,
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    arch: str = "resnet50",
 ) -> dict[str, Any]:
-    """Images per second of a training step of resnet50 in each of SETTINGS (median of
+    """Images per second of a training step of ``arch`` in each of SETTINGS (median of
     ``rounds`` interleaved rounds of ``steps`` timed steps after ``warmup``)."""
     nets, opts = {}, {}
     for precision, cl in SETTINGS:
         torch.manual_seed(0)
-        net = create_model("resnet50", [1000], in_chans=3).to(device)
+        net = create_model(arch, [1000], in_chans=3).to(device)
         if cl:
             net.channels_last()
         nets[precision, cl] = net.train()
@@ -81,14 +87,14 @@ def train_throughput(
                 step(setting)
             _sync(device)
             times[setting].append(time.perf_counter() - t0)
-    out: dict[str, Any] = {"arch": "resnet50", "image_size": size, "batch": batch, "steps": steps}
+    out: dict[str, Any] = {"arch": arch, "image_size": size, "batch": batch, "steps": steps}
     base = None
     for precision, cl in SETTINGS:
         ips = batch * steps / statistics.median(times[precision, cl])
         base = base or ips
         key = f"{precision}_{'channels_last' if cl else 'contiguous'}"
         out[key] = {"images_per_s": round(ips, 1), "vs_fp32_contiguous": round(ips / base, 3)}
-        print(f"train resnet50 {size}px {key:<24} {ips:9.1f} img/s  x{ips / base:.2f}")
+        print(f"train {arch} {size}px {key:<24} {ips:9.1f} img/s  x{ips / base:.2f}")
     return out
 
 
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if args.tiny:
-        sizes = dict(size=32, batch=2, steps=1, warmup=1, rounds=1)
+        sizes = dict(size=32, batch=2, steps=1, warmup=1, rounds=1, arch="resnet18")
         km = dict(n=3000, d=32, k=16)
         gemm_n = 256
     else:

@@ -18,10 +18,10 @@ def test_low_precision_features_are_float32_and_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: torch.dtype
 ) -> None:
     monkeypatch.setenv("CLUSTERFIT_CACHE", str(tmp_path))
-    images = load_images("bundled", "train", limit=32, seed=0, progress=False)
+    images = load_images("bundled", "train", limit=16, seed=0, progress=False)
     torch.manual_seed(0)
     net = create_model("resnet_cifar", [10], in_chans=1, width=8)
-    kw = dict(normalize=True, batch_size=16, progress=False)
+    kw = dict(normalize=True, batch_size=8, progress=False)
     full = compute_features(net, images, ["pool", "res3"], **kw)
     low = compute_features(net, images, ["pool", "res3"], precision=precision, **kw)
     assert full is not None and low is not None
