@@ -47,8 +47,8 @@ def init_from_env(backend: str | None = None) -> bool:
         return False
     if backend is None:
         backend = "cuda:nccl,cpu:gloo" if torch.cuda.is_available() else "gloo"
-    if "nccl" in backend:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if "nccl" in backend:  # (a scheduler may show each process only its own GPU)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(backend=backend)
     return True
 

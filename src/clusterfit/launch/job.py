@@ -12,8 +12,8 @@ returns the same job to be requeued. The state lives on disk (each stage's check
 extraction, ``meta.json`` of finished stages), so the requeued job skips what is done and resumes
 the stage that was cut off, ending with the artifacts of an uninterrupted run.
 
-Rank 0 appends one JSON line per event (``started``, ``requeued``, ``finished``, ``failed``) to
-``<run>/launcher/jobs.jsonl``, with the job id, the host and the log files.
+Rank 0 appends one JSON line per event (``started``, ``redo``, ``requeued``, ``finished``,
+``failed``) to ``<run>/launcher/jobs.jsonl``, with the job id, the host and the log files.
 """
 
 from __future__ import annotations
@@ -158,8 +158,11 @@ class PipelineJob:
                 stderr=str(env.paths.stderr),
             )
         try:
-            if main and self.redo:
-                remove_redo(self.cfg, self.redo, self.wait)
+            # once per job: a job that SLURM itself requeues (preemption) starts again from the
+            # pickle it was submitted with, --redo included
+            if main and self.redo and not _redo_done(self.cfg, env.job_id):
+                removed = remove_redo(self.cfg, self.redo, self.wait)
+                record(self.cfg, "redo", job_id=env.job_id, stages=list(self.redo), removed=removed)
             distributed.barrier()
             run_and_report(self.cfg, self.only, self.wait)
         except Exception as exc:
@@ -189,3 +192,10 @@ def _job_id() -> str | None:
         return str(submitit.JobEnvironment().job_id)
     except (KeyError, RuntimeError):
         return None
+
+
+def _redo_done(cfg: RunConfig, job_id: str) -> bool:
+    """True when job ``job_id`` already removed its ``--redo`` stages (an earlier attempt)."""
+    return any(
+        e.get("event") == "redo" and e.get("job_id") == job_id for e in read_records(cfg.run_dir)
+    )
