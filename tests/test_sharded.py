@@ -77,3 +77,20 @@ def test_bad_manifests_are_one_line(tmp_path: Path, blobs: np.ndarray) -> None:
     (tmp_path / shard_name("pool", 1, 2)).unlink()
     with pytest.raises(DataError, match="cannot read this feature shard"):
         ShardedArray.open(path)
+
+
+def test_each_rank_reads_only_its_own_file(tmp_path: Path, blobs: np.ndarray) -> None:
+    """With as many processes as extraction had, a rank's block of rows is one file."""
+    from clusterfit.distributed import shard
+
+    rows = RawRows(write_shards(tmp_path, blobs, [0, 450, 900]))
+    for rank in (0, 1):
+        mine = shard(900, rank, 2)
+        other = rows.parts[1 - rank]
+        other.read = other.take = None  # any use of the other rank's file fails
+        starts = range(mine.start, mine.stop, 128)
+        got = np.concatenate([rows.read(a, min(a + 128, mine.stop)).numpy() for a in starts])
+        np.testing.assert_array_equal(got, blobs[mine.start : mine.stop].astype(np.float32))
+        picked = np.array([mine.start, mine.stop - 1, mine.start + 7])
+        np.testing.assert_array_equal(rows.take(picked).numpy(), blobs[picked].astype(np.float32))
+        rows = RawRows(tmp_path / "pool.manifest.json")
