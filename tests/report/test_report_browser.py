@@ -257,3 +257,14 @@ def test_large_k_shows_a_selection_on_pages_of_blocks(run_dir: Path, tmp_path: P
     assert len(shown) == len(set(shown)) == SHOW_ALL
     sizes = np.bincount(a, minlength=k)
     assert sorted(sizes[shown[:SHOW_LARGEST]]) == sorted(np.sort(sizes)[-SHOW_LARGEST:])
+
+
+@needs_browser
+@pytest.mark.parametrize("order", ["purity:asc", "size:desc"])
+def test_cluster_cards_sort_in_the_browser(run_dir: Path, order: str) -> None:
+    page = (run_dir / "report" / "index.html").as_uri()
+    dom = Dom(chromium("--virtual-time-budget=3000", "--dump-dom", f"{page}#sort={order}"))
+    field, direction = order.split(":")
+    got = [float(a[f"data-{field}"]) for a, _ in dom.find("div", "cluster")]
+    assert len(got) > 2 and len(set(got)) > 1
+    assert got == sorted(got, reverse=direction == "desc")

@@ -91,7 +91,16 @@ function sortCards(sel) {
   });
   cards.forEach(function (c) { box.appendChild(c); });
 }
+function sortFromHash() {
+  var m = /sort=([a-z]+:(asc|desc))/.exec(location.hash);
+  if (!m) return;
+  document.querySelectorAll('select.sort').forEach(function (s) {
+    s.value = m[1]; sortCards(s);
+  });
+}
+window.addEventListener('hashchange', sortFromHash);
 window.addEventListener('load', function () {
+  sortFromHash();
   var figs = document.querySelectorAll('img.fig'), ok = 0;
   figs.forEach(function (i) { if (i.complete && i.naturalWidth > 0) ok++; });
   document.body.dataset.figuresLoaded = ok + '/' + figs.length;
@@ -288,8 +297,10 @@ def _layer_table_html(t: LayerTable) -> str:
         cells = []
         for j, c in enumerate(r):
             cls = ""
-            if j >= n_plain and c not in ("–", ""):
-                cls = ' class="win"' if c.startswith("+") and c != "+0.00" else ' class="loss"'
+            if j >= n_plain and c.startswith("+") and c.strip("+0.") != "":
+                cls = ' class="win"'
+            elif j >= n_plain and c.startswith("-") and c.strip("-0.") != "":
+                cls = ' class="loss"'
             cells.append(f"<td{cls}>{_e(c)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
@@ -351,9 +362,15 @@ def _sorter(target: str, has_purity: bool) -> str:
             ("purity:asc", "purity: most mixed first"),
         ]
     o = "".join(f'<option value="{v}">{_e(t)}</option>' for v, t in opts)
+    links = (
+        ' — or follow: <a href="#sort=purity:desc">nearly one label first</a>, '
+        '<a href="#sort=purity:asc">most mixed first</a>'
+        if has_purity
+        else ""
+    )
     return (
         f'<p>Sort: <select class="sort" data-target="{target}" '
-        f'onchange="sortCards(this)">{o}</select></p>'
+        f'onchange="sortCards(this)">{o}</select>{links}</p>'
     )
 
 
