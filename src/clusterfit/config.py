@@ -486,20 +486,21 @@ def smoke(cfg: RunConfig) -> RunConfig:
     out.data = dataclasses.replace(cfg.data, limit=min(cfg.data.limit or 10**9, 256))
     out.pretrain = dataclasses.replace(
         cfg.pretrain,
-        train=dataclasses.replace(cfg.pretrain.train, epochs=1, batch_size=64, warmup_epochs=0),
+        train=dataclasses.replace(cfg.pretrain.train, epochs=1, batch_size=64, warmup_epochs=0.0),
         jigsaw_permutations=min(cfg.pretrain.jigsaw_permutations, 100),
     )
     out.multitask = [
         dataclasses.replace(
             p,
-            train=dataclasses.replace(p.train, epochs=1, batch_size=64, warmup_epochs=0),
+            train=dataclasses.replace(p.train, epochs=1, batch_size=64, warmup_epochs=0.0),
             jigsaw_permutations=min(p.jigsaw_permutations, 100),
         )
         for p in cfg.multitask
     ]
     out.sweep_k = sorted({min(k, 16) for k in cfg.sweep_k})[:2]
     out.fit = dataclasses.replace(
-        cfg.fit, train=dataclasses.replace(cfg.fit.train, epochs=1, batch_size=64, warmup_epochs=0)
+        cfg.fit,
+        train=dataclasses.replace(cfg.fit.train, epochs=1, batch_size=64, warmup_epochs=0.0),
     )
     out.cluster = dataclasses.replace(
         cfg.cluster,
