@@ -268,3 +268,21 @@ def test_cluster_cards_sort_in_the_browser(run_dir: Path, order: str) -> None:
     got = [float(a[f"data-{field}"]) for a, _ in dom.find("div", "cluster")]
     assert len(got) > 2 and len(set(got)) > 1
     assert got == sorted(got, reverse=direction == "desc")
+
+
+def test_the_recorded_config_reproduces_the_run(
+    run_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from clusterfit.config import load_config
+
+    cfg = load_config(run_dir / "config.yaml")
+    assert (cfg.name, cfg.data.limit, cfg.cluster.k) == ("tiny-smoke", 96, 6)
+    assert json.loads((run_dir / "run.json").read_text())["config"]["cluster"]["k"] == 6
+    page = (run_dir / "report" / "index.html").read_text()
+    command = f"clusterfit run --config {run_dir / 'config.yaml'}"
+    assert command in page
+    capsys.readouterr()
+    assert main(command.split()[1:]) == 0  # the same run: every stage is up to date
+    out = capsys.readouterr().out
+    for stage in ("pretrain", "features", "clusters", "fit", "probe"):
+        assert f"{stage}: up to date, skipped" in out
