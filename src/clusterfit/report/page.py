@@ -170,8 +170,9 @@ def _source_words(data: dict[str, Any]) -> str:
 
 
 def _recipe(train: dict[str, Any]) -> str:
+    n = train.get("epochs")
     return (
-        f"{train.get('epochs')} epochs, batch {train.get('batch_size')}, lr {train.get('lr')} "
+        f"{n} epoch{'' if n == 1 else 's'}, batch {train.get('batch_size')}, lr {train.get('lr')} "
         f"({train.get('schedule')})"
     )
 
