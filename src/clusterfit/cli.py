@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,7 +84,7 @@ def _load(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from clusterfit import distributed
-    from clusterfit.stages import probe, probe_folders, report, run_pipeline
+    from clusterfit.launch.job import run_and_report
 
     cfg = _load(args)
     only = None if args.command == "run" else args.command
@@ -94,21 +93,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return launch(args.launcher, cfg, only=only, redo=args.redo, wait_lock=not args.no_wait)
     distributed.init_from_env()
-    started = time.perf_counter()
-    run_pipeline(cfg, only=only, redo=args.redo, wait=not args.no_wait)
-    if not distributed.is_main_process():
-        return 0
-    if only in (None, "probe"):
-        from clusterfit.artifacts import read_json
-
-        for folder in probe_folders(cfg):
-            records = read_json(cfg.run_dir / folder / "results.json")["records"]
-            print(f"\n[{folder}]")
-            print(probe.format_table(records))
-        if only is None:
-            report.run([cfg.run_dir], cfg.run_dir / "report")
-            print(f"\nreport: {cfg.run_dir / 'report' / 'index.html'}")
-    print(f"done in {time.perf_counter() - started:.1f} s: {cfg.run_dir}")
+    run_and_report(cfg, only, wait=not args.no_wait, redo=args.redo)
     return 0
 
 

@@ -71,15 +71,17 @@ def export_torch_env() -> None:
         os.environ["MASTER_ADDR"] = "127.0.0.1"
 
 
-def run_and_report(cfg: RunConfig, only: str | None, wait: bool = True) -> None:
-    """The pipeline (or one stage), then on rank 0 the probe tables and the run's report, as
-    ``clusterfit run`` prints them."""
+def run_and_report(
+    cfg: RunConfig, only: str | None, wait: bool = True, redo: tuple[str, ...] = ()
+) -> None:
+    """The pipeline (or one stage; ``redo``: stages to make again), then on rank 0 the probe
+    tables and the run's report: what ``clusterfit run`` does, in or out of a job."""
     from clusterfit import distributed
     from clusterfit.artifacts import read_json
     from clusterfit.stages import probe, probe_folders, report, run_pipeline
 
     started = time.perf_counter()
-    run_pipeline(cfg, only=only, wait=wait)
+    run_pipeline(cfg, only=only, redo=redo, wait=wait)
     if not distributed.is_main_process():
         return
     if only in (None, "probe"):
