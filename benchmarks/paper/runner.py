@@ -66,12 +66,33 @@ def resolve_ks(step: Step, selection: dict[str, Any]) -> list[int] | None:
 # --------------------------------------------------------------------------------------------
 
 
+#: Loaded D_cf and probe targets, shared by the contexts of every step with the same data
+#: settings and seed (as ``Context.with_k`` shares them between the K of a sweep): reading the
+#: 60,000-row file lists once, not once per step.
+_BASES: dict[str, Any] = {}
+
+
+def _context(cfg: Any) -> Any:
+    """A :class:`~clusterfit.stages.Context` for ``cfg`` whose data and targets are loaded once
+    per (data settings, targets, seed); its stages (fingerprints) are its own."""
+    from clusterfit.artifacts import fingerprint
+    from clusterfit.stages import Context
+
+    targets = [dataclasses.asdict(t) for t in cfg.probe.targets]
+    key = fingerprint([dataclasses.asdict(cfg.data), targets, cfg.seed, cfg.device])
+    base = _BASES.get(key)
+    if base is None:
+        base = _BASES[key] = Context.create(cfg)
+        base.data()
+    return dataclasses.replace(base, cfg=cfg, stages={})
+
+
 def step_stages(cfg: Any, step: Step) -> dict[str, Any]:
     """The :class:`~clusterfit.artifacts.Stage` of every stage ``step`` needs, by folder name,
     as the run graph makes them for ``cfg`` (so their fingerprints are this config's)."""
-    from clusterfit.stages import Context, baselines, cluster, fit, pretrain, probe
+    from clusterfit.stages import baselines, cluster, fit, pretrain, probe
 
-    ctx = Context.create(cfg)
+    ctx = _context(cfg)
     stages = [pretrain.stage(ctx, task) for task in range(len(ctx.pretrain_configs))]
     if step.only != "pretrain":
         for k in cfg.sweep_k:
