@@ -128,6 +128,7 @@ def plot_gain_vs_memorisation(docs: list[dict[str, Any]], path: Path) -> Path | 
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
     markers = {"full": "o", "overfit": "^"}
+    noise = {r["label_noise"] for _, r in pts}  # one colour per p, one marker per regime
     for ax, target in zip(axes, TEST_TARGETS, strict=True):
         for suite in dict.fromkeys(s for s, _ in pts):
             for p in sorted({r["label_noise"] for s, r in pts if s == suite}):
@@ -138,7 +139,13 @@ def plot_gain_vs_memorisation(docs: list[dict[str, Any]], path: Path) -> Path | 
                 ]
                 if xy:
                     x, y = zip(*xy, strict=True)
-                    ax.scatter(x, y, marker=markers.get(suite, "s"), label=f"{suite}, p={p:g}")
+                    ax.scatter(
+                        x,
+                        y,
+                        marker=markers.get(suite, "s"),
+                        color=f"C{sorted(noise).index(p)}",
+                        label=f"{suite}, p={p:g}",
+                    )
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(f"{target}, res5")
         ax.set_xlabel("N_pre train accuracy on its noisy labels (%)")
