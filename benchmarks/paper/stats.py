@@ -61,6 +61,11 @@ def paired(a: Stat, b: Stat) -> Stat:
     return Stat({s: a.by_seed[s] - b.by_seed[s] for s in a.by_seed if s in b.by_seed})
 
 
+def one_seed(diff: float) -> str:
+    """The verdict while both sides have one seed: no spread is measured, so none is given."""
+    return f"not yet judged (1 seed each; difference {diff:+.2f})"
+
+
 def compare(a: Stat, b: Stat) -> tuple[str, float, float]:
     """Verdict on "a > b": (verdict, difference of means, spread = std_a + std_b).
 
@@ -70,6 +75,8 @@ def compare(a: Stat, b: Stat) -> tuple[str, float, float]:
     if a.n == 0 or b.n == 0:
         return "not yet run", math.nan, math.nan
     diff, spread = a.mean - b.mean, a.std + b.std
+    if a.n < 2 and b.n < 2:
+        return one_seed(diff), diff, spread
     if diff > spread:
         verdict = "holds"
     elif diff < -spread:
@@ -86,6 +93,8 @@ def at_least(a: Stat, b: Stat) -> tuple[str, float, float]:
     if a.n == 0 or b.n == 0:
         return "not yet run", math.nan, math.nan
     diff, spread = a.mean - b.mean, a.std + b.std
+    if a.n < 2 and b.n < 2:
+        return one_seed(diff), diff, spread
     if diff > spread:
         verdict = "holds (better beyond the spread)"
     elif diff >= 0:

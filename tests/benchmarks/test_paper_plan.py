@@ -115,7 +115,11 @@ def test_compare_holds_only_beyond_the_spread(paper):
     # reversed
     assert "reversed" in paper.compare(S({0: 50, 1: 50.5, 2: 51}), S({0: 60, 1: 60, 2: 61}))[0]
     # one seed: no spread measured, the verdict says so
-    assert "(n < 3)" in paper.compare(S({0: 60}), S({0: 50}))[0]
+    assert "(n < 3)" in paper.compare(S({0: 60, 1: 61, 2: 60}), S({0: 50}))[0]
+    assert paper.compare(S({0: 60}), S({0: 50}))[0] == (
+        "not yet judged (1 seed each; difference +10.00)"
+    )
+    assert paper.at_least(S({0: 49.5}), S({0: 50}))[0].startswith("not yet judged")
     assert paper.compare(S(), S({0: 50}))[0] == "not yet run"
     # at-least-as-good
     assert paper.at_least(S({0: 60, 1: 61, 2: 62}), S({0: 60, 1: 61, 2: 61}))[0].startswith("holds")
@@ -358,7 +362,7 @@ def test_claim_c2l_reads_only_the_longer_n_pre_runs(paper):
         for c in paper.evaluate_claims(one, paper.FULL, {"control": {"k": 10}})
         if c["id"] == "C2L" and c["target"] == "cifar10" and c["layer"] == "res5"
     ]
-    assert rows[0]["verdict"].endswith("(n < 3)")
+    assert rows[0]["verdict"] == "not yet judged (1 seed each; difference +3.00)"
 
 
 def test_results_md_includes_the_written_reading_when_there_is_one(paper, tmp_path):
