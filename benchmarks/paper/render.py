@@ -570,14 +570,22 @@ GPU_SCRIPT = "benchmarks/paper_gpu.sh"
 
 
 def gpu_section(doc: dict[str, Any] | None, md: Path) -> list[str]:
+    from benchmarks.paper.plan import budget_line, build_plan
+
+    gpu = SCALES["gpu"]
     lines = [
         "",
         "## At GPU scale (prepared, not run)",
         "",
-        "The control experiment with all 45,000 CIFAR-10 training images, a ResNet (depth 18, "
-        "width 64) at 32 px, 60 epochs without augmentation, p in {0, 0.5}: "
-        f"`bash {GPU_SCRIPT}` (≤ 10 minutes on one GPU; it runs `python -m benchmarks.paper "
-        "--gpu` and commits its figures, `benchmarks/results/paper_gpu.*`).",
+        f"The control experiment with all {gpu.n_images:,} CIFAR-10 training images, a "
+        f"torchvision ResNet-18 at 32 px, {gpu.epochs} epochs without augmentation, p in "
+        f"{{{', '.join(f'{p:g}' for p in sorted(gpu.noise))}}}, N_cf at K = "
+        f"{gpu.k_control[0]}: `bash {GPU_SCRIPT}` (it runs `python -m benchmarks.paper --gpu` "
+        "offline, stops at 540 s and resumes on its next call; the header of the script says "
+        "which data files to carry to the device). Plan: "
+        f"{budget_line(gpu, build_plan(gpu))} Within 10 minutes it needs about "
+        "27,000 training images/s; at a lower rate a second call finishes it. Its figures land "
+        "in `benchmarks/results/paper_gpu.{json,md}`.",
         "",
     ]
     if doc and doc.get("records"):
@@ -608,6 +616,7 @@ def hours_section(docs: dict[str, dict[str, Any] | None]) -> list[str]:
         h, partial = machine_hours(d)
         note = "trainings only (the older cells kept no other stage times)" if partial else "all"
         rows.append([label, f"{h:.2f}", note])
+    rows.insert(2, ["over-fitting regime: the recipe pilot", "0.15", "two pretrainings"])
     return [
         "",
         "## Machine time",
