@@ -55,7 +55,8 @@ def compute_features(
         net.channels_last()  # same features, faster convolutions
     low = precision is not None and precision != torch.float32
     rows = rows if rows is not None else range(len(images))
-    chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    # Without a sink, each layer's rows go straight into one N x D array, made at the first batch.
+    out: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     for lo in range(rows.start, rows.stop, batch_size):
         block = range(lo, min(lo + batch_size, rows.stop))
@@ -78,16 +79,15 @@ def compute_features(
             feats = pooled[layer] / clips if clips > 1 else pooled[layer]
             if normalize:
                 feats = F.normalize(feats, dim=1)
-            array = feats.cpu().numpy()
             if sink is not None:
-                sink(layer, block, array)
-            else:
-                chunks[layer].append(array)
+                sink(layer, block, feats.cpu().numpy())
+                continue
+            if layer not in out:
+                out[layer] = np.empty((len(rows), feats.shape[1]), dtype=np.float32)
+            lo_out = block.start - rows.start
+            torch.from_numpy(out[layer][lo_out : lo_out + len(block)]).copy_(feats)
         bar.update(len(block))
     bar.close()
     if sink is not None:
         return None
-    return {
-        layer: np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-        for layer, parts in chunks.items()
-    }
+    return {layer: out.get(layer, np.zeros((0, 0), np.float32)) for layer in layers}

@@ -22,7 +22,9 @@ def _blobs(n: int, d: int, c: int, seed: int, spread: float = 0.3):
 
 def test_separable_features_reach_100_percent():
     x, y = _blobs(700, 16, 6, seed=0)
+    before = x.copy()
     out = linear_probe(x[:500], y[:500], x[500:], y[500:], n_updates=150, progress=False)
+    np.testing.assert_array_equal(x, before)  # the caller's features are never standardised
     assert out["top1"] == 100.0
     assert out["top5"] == 100.0
     assert out["train_top1"] == 100.0
@@ -310,3 +312,29 @@ def test_precision_auto_follows_the_hardware_and_bad_values_are_refused(monkeypa
     x, y = _blobs(60, 4, 3, seed=1)
     with pytest.raises(ClusterFitError, match="precision"):
         linear_probe(x, y, x, y, precision="fp8", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("acc", "loss", "chosen"),
+    [
+        ([90.0, 85.0, 80.0], [5.0, 0.5, 0.4], 0.01),  # 0.1 diverged (loss > ln 3): not chosen
+        ([80.0, 85.0, 85.0], [0.9, 0.6, 0.5], 0.001),  # a tie in top-1: the lower loss
+        ([90.0, 85.0, 80.0], [5.0, 4.0, 3.0], 0.1),  # every rate diverged: top-1 among all
+    ],
+)
+def test_rate_choice_skips_diverged_rates(monkeypatch, acc, loss, chosen):
+    """A rate whose validation cross-entropy is above the constant predictor's (ln 3 for three
+    balanced classes) has diverged and is not chosen, whatever its top-1."""
+    from clusterfit.evaluate import linear
+
+    real = linear._evaluate
+
+    def fake(x, rows, y, mean, inv_std, w, b, predictions=None):
+        if w.shape[0] == 3:  # the sweep's validation
+            return acc, acc, loss
+        return real(x, rows, y, mean, inv_std, w, b, predictions)
+
+    monkeypatch.setattr(linear, "_evaluate", fake)
+    x, y = _blobs(300, 6, 3, seed=2)
+    out = linear.linear_probe(x, y, x, y, n_updates=10, progress=False)
+    assert out["lr"] == chosen

@@ -16,8 +16,13 @@ Choices made here, beyond the paper:
   and one decade either side, because after standardisation the best rate still depends on the
   layer width and the dataset. The rate is chosen on a stratified, seeded validation split
   (``val_fraction`` of each class) carved from the *train* split: highest validation top-1,
-  ties broken by lower validation cross-entropy. The test split is not read until the chosen
-  rate has been retrained on the full train split. All rates of the sweep are trained in one
+  ties broken by lower validation cross-entropy, among the rates that did not diverge. A rate
+  has diverged when its validation cross-entropy exceeds that of the constant prediction of the
+  class frequencies (the entropy of the fit part's labels): such a classifier (too large a rate
+  for wide features, e.g. 0.1 on 9k dims) oscillates, and its top-1 is a draw that any change
+  of rounding redraws by a point or two. Only if every rate diverged is the choice among all.
+  The test split is not read until the chosen rate has been retrained on the full train
+  split. All rates of the sweep are trained in one
   pass over the same mini-batches (the weights of the different rates are stacked into one
   matrix), so the batches are read once and the matrix products are larger and faster.
 * **Few items, wide features.** When the train split is small next to the feature width (a
@@ -127,43 +132,59 @@ def stratified_split(
     return np.flatnonzero(mask).astype(np.int64), val_idx.astype(np.int64)
 
 
-def _moments(
+def _chunks(
     x: np.ndarray, rows: np.ndarray | None, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Float64 sums over the rows ``rows`` of ``x`` (N x D; None = all) of the values and of
-    their squares (each D), and the number of rows, accumulated by chunks."""
-    d = x.shape[1]
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(offset, block)``: float32 copies of blocks of ``x[rows]`` (all rows when None) on
+    ``device``, which the caller may change in place; about 16 MB each, so that no full-size
+    temporary is made (each allocation above glibc's 32 MB threshold is fresh memory, faulted
+    in page by page)."""
     n = x.shape[0] if rows is None else len(rows)
-    s1 = torch.zeros(d, dtype=torch.float64, device=device)
-    s2 = torch.zeros(d, dtype=torch.float64, device=device)
-    for i in range(0, n, _EVAL_CHUNK):
-        part = x[i : i + _EVAL_CHUNK] if rows is None else x[rows[i : i + _EVAL_CHUNK]]
-        chunk = rows_tensor(part, device)
-        s1 += chunk.sum(0, dtype=torch.float64)
-        s2 += (chunk * chunk).sum(0, dtype=torch.float64)
-    return s1, s2, n
+    step = max(64, (4 << 20) // max(x.shape[1], 1))
+    for i in range(0, n, step):
+        if rows is None:  # a slice is a view of the caller's array: copy it
+            part = np.array(x[i : i + step], dtype=np.float32, order="C")
+        else:  # fancy indexing copies already
+            part = x[rows[i : i + step]]
+        yield i, rows_tensor(part, device)
 
 
-def _standardiser(s1: torch.Tensor, s2: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and 1/std (float32, D each) from the sums of :func:`_moments`."""
-    mean = s1 / n
-    var = (s2 / n - mean.pow(2)).clamp_min(0.0)
-    std = var.sqrt()
+def _standardiser(
+    x: np.ndarray, rows: np.ndarray | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and 1/std (float32, D each) of ``x[rows]``, in one pass: each block's
+    mean and sum of squared deviations, combined exactly in float64 (Chan et al., 1979)."""
+    d = x.shape[1]
+    mean = torch.zeros(d, dtype=torch.float64, device=device)
+    m2 = torch.zeros(d, dtype=torch.float64, device=device)
+    n = 0
+    for _, block in _chunks(x, rows, device):
+        k = block.shape[0]
+        block_mean = block.mean(0)
+        block_m2 = (block - block_mean).square_().sum(0).double()
+        delta = block_mean.double() - mean
+        mean += delta * (k / (n + k))
+        m2 += block_m2 + delta.square() * (n * k / (n + k))
+        n += k
+    std = (m2 / n).sqrt()
     # Constant dimensions carry no information: centre them to zero and leave them unscaled.
     inv_std = torch.where(std > 1e-6 * (1.0 + mean.abs()), 1.0 / std, torch.ones_like(std))
     return mean.float(), inv_std.float()
 
 
 def _standardised(
-    x: np.ndarray, rows: np.ndarray | None, mean: torch.Tensor, inv_std: torch.Tensor
+    x: np.ndarray,
+    rows: np.ndarray | None,
+    mean: torch.Tensor,
+    inv_std: torch.Tensor,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """A new float32 tensor ``(x[rows] - mean) * inv_std`` on ``mean``'s device."""
+    """A new tensor ``(x[rows] - mean) * inv_std`` of ``dtype`` on ``mean``'s device, filled
+    block by block."""
     n = x.shape[0] if rows is None else len(rows)
-    out = torch.empty((n, x.shape[1]), dtype=torch.float32, device=mean.device)
-    for i in range(0, n, _EVAL_CHUNK):
-        part = x[i : i + _EVAL_CHUNK] if rows is None else x[rows[i : i + _EVAL_CHUNK]]
-        chunk = rows_tensor(part, mean.device)
-        out[i : i + len(chunk)] = (chunk - mean) * inv_std
+    out = torch.empty((n, x.shape[1]), dtype=dtype, device=mean.device)
+    for i, block in _chunks(x, rows, mean.device):
+        out[i : i + len(block)] = block.sub_(mean).mul_(inv_std)
     return out
 
 
@@ -258,7 +279,8 @@ def _train_stacked(
     rate sees the same batches (the same seeded permutations) as if trained alone.
 
     Args:
-        z: N x D standardised features; y: N labels in 0..C-1 (same device).
+        z: N x D standardised features (float32, or bfloat16 made for ``precision="bfloat16"``);
+            y: N labels in 0..C-1 (same device).
         dual: train in the span of the rows (``None``: when :func:`_dual_is_cheaper`). Weights
             and momentum start at zero and every update adds a combination of batch rows and of
             themselves, so both stay ``A @ z`` for an (L·C) x N matrix A; the logits of a batch
@@ -280,25 +302,31 @@ def _train_stacked(
     bs = min(batch_size, n)
     if dual is None:
         dual = _dual_is_cheaper(n, d, rows, n_updates, bs)
+    if dual:
+        z = z.float()
     feats = z @ z.t() if dual else z  # the Gram matrix (N x N) or the features (N x D)
     low = precision == "bfloat16" and not dual
-    if low:
-        feats = feats.to(torch.bfloat16)
+    feats = feats.to(torch.bfloat16 if low else torch.float32)  # no copy when it is already
     # The logits' product runs on the weights padded with zero rows to a multiple of 16 (a
     # whole number of 512-bit vectors of float32): the same numbers, a faster GEMM kernel. The
     # padding rows get no gradient and stay zero; w and b are views of their first ``rows``.
     padded = -(-rows // 16) * 16
-    w_pad = torch.zeros(padded, feats.shape[1], dtype=z.dtype, device=z.device)
-    b_pad = torch.zeros(padded, dtype=z.dtype, device=z.device)
+    f32 = {"dtype": torch.float32, "device": z.device}
+    w_pad = torch.zeros(padded, feats.shape[1], **f32)
+    b_pad = torch.zeros(padded, **f32)
     w, b = w_pad[:rows], b_pad[:rows]
-    buf_w = torch.zeros_like(w)
     buf_b = torch.zeros_like(b)
-    base = torch.tensor(lrs, dtype=z.dtype, device=z.device).repeat_interleave(n_classes)
+    base = torch.tensor(lrs, **f32).repeat_interleave(n_classes)
+    # Base rate, divided by 10 after each third of the updates: one column per third.
+    lr_cols = [(base * 0.1**k).unsqueeze(1) for k in range(3)]
+    # The targets as N x 1 x C one-hot rows: the softmax gradient is softmax - onehot for
+    # every stacked rate at once.
+    onehot = torch.zeros(n, 1, n_classes, **f32)
+    onehot[torch.arange(n, device=z.device), 0, y] = 1.0
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen).to(z.device)
-    rows_b = torch.arange(bs, device=z.device)
     cpu = z.device.type == "cpu"
-    state = {"step": 0, "pos": 0, "perm": perm}
+    state = {"step": 0, "pos": 0, "perm": perm, "buf_w": torch.zeros_like(w)}
 
     def update() -> None:
         step, pos, perm = state["step"], state["pos"], state["perm"]
@@ -313,10 +341,8 @@ def _train_stacked(
             logits = torch.mm(xb, w_pad.to(torch.bfloat16).t()).float().add_(b_pad)
         else:
             logits = torch.addmm(b_pad, xb, w_pad.t())
-        logits = logits[:, :rows].view(bs, n_lr, n_classes)
-        g = torch.softmax(logits, dim=2)
-        g[rows_b, :, y.index_select(0, idx)] -= 1.0
-        g = g.view(bs, rows).div_(bs)
+        g = torch.softmax(logits[:, :rows].view(bs, n_lr, n_classes), dim=2)
+        g = g.sub_(onehot.index_select(0, idx)).view(bs, rows).div_(bs)
         if dual:  # the gradient's row combination: g^T on the batch's rows
             grad_w = w * weight_decay
             grad_w.index_add_(1, idx, g.t())
@@ -324,10 +350,10 @@ def _train_stacked(
             grad_w = torch.mm(g.t().to(torch.bfloat16), xb).float().add_(w, alpha=weight_decay)
         else:
             grad_w = torch.mm(g.t(), xb).add_(w, alpha=weight_decay)
-        buf_w.mul_(momentum).add_(grad_w)
+        # buf = m * buf + grad, written into the fresh gradient tensor, which becomes the buffer
+        buf_w = state["buf_w"] = grad_w.add_(state["buf_w"], alpha=momentum)
         buf_b.mul_(momentum).add_(g.sum(0))
-        # Base rate, divided by 10 after each third of the updates.
-        lr = (base * 0.1 ** min(3 * step // n_updates, 2)).unsqueeze(1)
+        lr = lr_cols[min(3 * step // n_updates, 2)]
         w.addcmul_(buf_w, lr, value=-1.0)
         b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
 
@@ -357,19 +383,31 @@ def _train_stacked(
 
 
 def _evaluate(
-    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+    x: np.ndarray,
+    rows: np.ndarray | None,
+    y: np.ndarray,
+    mean: torch.Tensor,
+    inv_std: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    predictions: list[np.ndarray] | None = None,
 ) -> tuple[list[float], list[float], list[float]]:
-    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of each stacked classifier.
+    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of each stacked classifier on
+    the rows ``rows`` of ``x`` (None: all), standardised with ``mean`` and ``inv_std`` block by
+    block.
 
-    z: N x D, y: N (-1 = a class the classifier cannot predict), w: L x C x D, b: L x C.
+    x: N x D, y: labels of those rows (-1 = a class the classifier cannot predict), w: L x C x D,
+    b: L x C. ``predictions``: a list that receives the first classifier's predicted classes.
     """
     n_lr, n_classes, _ = w.shape
     top1 = [0] * n_lr
     top5 = [0] * n_lr
     loss = [0.0] * n_lr
-    safe = y.clamp_min(0)
-    for i in range(0, z.shape[0], _EVAL_CHUNK):
-        zc, yc, sc = z[i : i + _EVAL_CHUNK], y[i : i + _EVAL_CHUNK], safe[i : i + _EVAL_CHUNK]
+    yt = torch.from_numpy(y).to(mean.device)
+    safe = yt.clamp_min(0)
+    for i, block in _chunks(x, rows, mean.device):
+        zc = block.sub_(mean).mul_(inv_std)
+        yc, sc = yt[i : i + len(zc)], safe[i : i + len(zc)]
         logits = torch.addmm(b.reshape(-1), zc, w.reshape(-1, w.shape[2]).t())
         logits = logits.view(len(zc), n_lr, n_classes)
         logp = torch.log_softmax(logits, dim=2)
@@ -378,7 +416,9 @@ def _evaluate(
             top1[j] += c1
             top5[j] += c5
             loss[j] += float(-logp[:, j].gather(1, sc.unsqueeze(1)).sum())
-    n = z.shape[0]
+        if predictions is not None:
+            predictions.append(logits[:, 0].argmax(dim=1).cpu().numpy())
+    n = len(y)
     return [100.0 * t / n for t in top1], [100.0 * t / n for t in top5], [v / n for v in loss]
 
 
@@ -461,6 +501,15 @@ def linear_probe(
     dev = _resolve_device(device)
     precision = resolve_precision(precision, dev)
     y_tr, y_te, n_classes = encode_labels(y_tr_raw, y_te_raw)
+
+    def _training_dtype(n_rows: int, n_rates: int) -> torch.dtype:
+        """bfloat16 features for the SGD updates unless float32 is asked for or the rows are
+        few enough for the dual form (which runs in float32; :func:`_train_stacked`)."""
+        rows = n_rates * n_classes
+        bs = min(batch_size, n_rows)
+        dual = _dual_is_cheaper(n_rows, x_tr.shape[1], rows, n_updates, bs)
+        return torch.bfloat16 if precision == "bfloat16" and not dual else torch.float32
+
     train_kw = dict(
         precision=precision,
         n_updates=n_updates,
@@ -483,38 +532,34 @@ def linear_probe(
                 f"validation split with val_fraction={val_fraction}; raise val_fraction or pass "
                 "a single learning rate in lrs"
             )
-        # One pass over all train rows and one over the validation rows: the fit part's sums
-        # are their difference.
-        all1, all2, _ = _moments(x_tr, None, dev)
-        val1, val2, _ = _moments(x_tr, val_idx, dev)
-        mean, inv_std = _standardiser(all1 - val1, all2 - val2, n - n_val)
-        z_fit = _standardised(x_tr, fit_idx, mean, inv_std)
+        mean, inv_std = _standardiser(x_tr, fit_idx, dev)
+        z_fit = _standardised(x_tr, fit_idx, mean, inv_std, _training_dtype(len(fit_idx), len(lrs)))
         yt_fit = torch.from_numpy(y_tr[fit_idx]).to(dev)
         w, b = _train_stacked(
             z_fit, yt_fit, n_classes, lrs, seed=seed, desc="linear probe: lr sweep", **train_kw
         )
         del z_fit
-        z_val = _standardised(x_tr, val_idx, mean, inv_std)
-        acc, _, loss = _evaluate(z_val, torch.from_numpy(y_tr[val_idx]).to(dev), w, b)
-        del z_val
+        acc, _, loss = _evaluate(x_tr, val_idx, y_tr[val_idx], mean, inv_std, w, b)
         val_top1 = dict(zip(lrs, acc, strict=True))
         val_loss = dict(zip(lrs, loss, strict=True))
-        best = max(range(len(lrs)), key=lambda j: (acc[j], -loss[j]))
+        counts = np.bincount(y_tr[fit_idx], minlength=n_classes)
+        freq = counts[counts > 0] / counts.sum()
+        prior_loss = float(-(freq * np.log(freq)).sum())  # the constant predictor's
+        stable = [j for j in range(len(lrs)) if loss[j] <= prior_loss] or range(len(lrs))
+        best = max(stable, key=lambda j: (acc[j], -loss[j]))
         chosen = lrs[best]
 
     # Only now is the test split read: retrain the chosen rate on the full train split.
-    if len(lrs) == 1:
-        all1, all2, _ = _moments(x_tr, None, dev)
-    mean, inv_std = _standardiser(all1, all2, n)
-    z_tr = _standardised(x_tr, None, mean, inv_std)
+    mean, inv_std = _standardiser(x_tr, None, dev)
+    z_tr = _standardised(x_tr, None, mean, inv_std, _training_dtype(n, 1))
     yt_tr = torch.from_numpy(y_tr).to(dev)
     w, b = _train_stacked(
         z_tr, yt_tr, n_classes, (chosen,), seed=seed + 1, desc="linear probe: final", **train_kw
     )
-    train_top1 = _evaluate(z_tr, yt_tr, w, b)[0][0]
     del z_tr
-    z_te = _standardised(x_te, None, mean, inv_std)
-    top1, top5, _ = _evaluate(z_te, torch.from_numpy(y_te).to(dev), w, b)
+    train_top1 = _evaluate(x_tr, None, y_tr, mean, inv_std, w, b)[0][0]
+    predicted: list[np.ndarray] = []
+    top1, top5, _ = _evaluate(x_te, None, y_te, mean, inv_std, w, b, predicted)
     out = {
         "top1": top1[0],
         "top5": top5[0],
@@ -532,6 +577,5 @@ def linear_probe(
         "precision": precision,
     }
     if return_predictions:
-        pred = torch.addmm(b[0], z_te, w[0].t()).argmax(dim=1).cpu().numpy()
-        out["predictions"] = np.unique(y_tr_raw)[pred]
+        out["predictions"] = np.unique(y_tr_raw)[np.concatenate(predicted)]
     return out
