@@ -13,6 +13,7 @@ import torch
 
 from clusterfit.cli import main
 from clusterfit.config import load_config
+from clusterfit.evaluate.linear import resolve_precision
 from clusterfit.stages import run_pipeline
 from clusterfit.train import engine
 
@@ -74,15 +75,17 @@ def test_run_rerun_and_partial_rerun(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert out.count("up to date, skipped") == len(STAGE_DIRS)
     assert {s: (run_dir / s / "meta.json").read_text() for s in STAGE_DIRS} == metas
     linear = [r for r in results["records"] if r["protocol"] == "linear"]
-    assert {r["extra"]["precision"] for r in linear} == {"float32"}
+    auto = resolve_precision("auto", "cpu")  # bfloat16 where this CPU multiplies it natively
+    assert {r["extra"]["precision"] for r in linear} == {auto}
 
     # The probes' precision keys their cells: switching it reprobes, and nothing else.
-    assert main(["run", *tiny(tmp_path, "probe.precision=bfloat16")]) == 0
+    other = "float32" if auto == "bfloat16" else "bfloat16"
+    assert main(["run", *tiny(tmp_path, f"probe.precision={other}")]) == 0
     out = capsys.readouterr().out
     assert out.count("up to date, skipped") == len(STAGE_DIRS) - 1
     assert "probe: up to date" not in out
     records = json.loads((run_dir / "probe" / "results.json").read_text())["records"]
-    assert {r["extra"]["precision"] for r in records if r["protocol"] == "linear"} == {"bfloat16"}
+    assert {r["extra"]["precision"] for r in records if r["protocol"] == "linear"} == {other}
 
     assert main(["run", *tiny(tmp_path, "cluster.k=6")]) == 0
     out = capsys.readouterr().out

@@ -210,7 +210,7 @@ class ProbeConfig:
     random_baseline: bool = True
     batch_size: int = 256
     # The SGD updates' matrix products: bfloat16 where the hardware has it ("auto"), or float32.
-    precision: str = "float32"
+    precision: str = "auto"
 
 
 @dataclass

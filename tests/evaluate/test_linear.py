@@ -230,9 +230,10 @@ def test_progress_bar_shown_while_training(capsys):
     assert "linear probe: lr sweep" in err and "linear probe: final" in err
 
 
-def test_timed_thread_choice_changes_no_number(monkeypatch):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_timed_thread_choice_changes_no_number(monkeypatch, precision):
     """The SGD steps timed on torch's threads and on one give the weights of untimed steps on a
-    fixed count (the same updates, the same bits)."""
+    fixed count (the same updates, the same bits), in either precision."""
     import torch
 
     from clusterfit.evaluate import linear
@@ -241,6 +242,7 @@ def test_timed_thread_choice_changes_no_number(monkeypatch):
     z = torch.from_numpy(rng.normal(size=(500, 700)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 10, 500))
     kw = dict(n_updates=40, batch_size=64, momentum=0.9, weight_decay=5e-4, seed=2)
+    kw["precision"] = precision
     lrs = (0.1, 0.01, 0.001)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
