@@ -495,6 +495,9 @@ def make_config(
         "cluster.n_iter=25",
         f"probe.n_updates={s.n_updates}",
         f"probe.max_dims={s.max_dims}",
+        # every cell of the suites is probed in float32 SGD products, so that they compare
+        # with each other and with the finished cells (a library default must not move them)
+        "probe.precision=float32",
         # the random-init floor is probed once per seed, in the single-task headline runs
         "probe.random_baseline=" + ("false" if step.role in ("multitask", "diagnose") else "true"),
         f"baselines.pre2x={str(step.pre2x or step.run_pre2x).lower()}",
