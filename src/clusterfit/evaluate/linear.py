@@ -48,6 +48,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -135,41 +136,52 @@ def stratified_split(
 def _chunks(
     x: np.ndarray, rows: np.ndarray | None, device: torch.device
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(offset, block)``: float32 copies of blocks of ``x[rows]`` (all rows when None) on
-    ``device``, which the caller may change in place; about 16 MB each, so that no full-size
-    temporary is made (each allocation above glibc's 32 MB threshold is fresh memory, faulted
-    in page by page)."""
+    """``(offset, block)``: float32 blocks of ``x[rows]`` (all rows when None) on ``device``,
+    about 16 MB each, so that no full-size temporary is made (each allocation above glibc's
+    32 MB threshold is fresh memory, faulted in page by page). A block may share memory with
+    the caller's ``x``: never change it in place."""
     n = x.shape[0] if rows is None else len(rows)
     step = max(64, (4 << 20) // max(x.shape[1], 1))
     for i in range(0, n, step):
-        if rows is None:  # a slice is a view of the caller's array: copy it
-            part = np.array(x[i : i + step], dtype=np.float32, order="C")
-        else:  # fancy indexing copies already
-            part = x[rows[i : i + step]]
+        part = x[i : i + step] if rows is None else x[rows[i : i + step]]
         yield i, rows_tensor(part, device)
 
 
-def _standardiser(
-    x: np.ndarray, rows: np.ndarray | None, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and 1/std (float32, D each) of ``x[rows]``, in one pass: each block's
-    mean and sum of squared deviations, combined exactly in float64 (Chan et al., 1979)."""
+@dataclass
+class _Moments:
+    """Count, mean and sum of squared deviations (float64, D each) of a set of feature rows."""
+
+    n: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    def merge(self, other: _Moments) -> _Moments:
+        """The moments of both sets of rows together (Chan, Golub and LeVeque, 1979)."""
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        m2 = self.m2 + other.m2 + delta.square() * (self.n * other.n / n)
+        return _Moments(n, mean, m2)
+
+    def standardiser(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and 1/std, float32."""
+        std = (self.m2 / self.n).sqrt()
+        # Constant dimensions carry no information: centre them to zero and leave them unscaled.
+        inv_std = torch.where(std > 1e-6 * (1.0 + self.mean.abs()), 1.0 / std, torch.ones_like(std))
+        return self.mean.float(), inv_std.float()
+
+
+def _moments(x: np.ndarray, rows: np.ndarray | None, device: torch.device) -> _Moments:
+    """The :class:`_Moments` of ``x[rows]`` (all rows when None), in one pass over blocks: each
+    block's mean and squared deviations, merged in float64."""
     d = x.shape[1]
-    mean = torch.zeros(d, dtype=torch.float64, device=device)
-    m2 = torch.zeros(d, dtype=torch.float64, device=device)
-    n = 0
+    zero = torch.zeros(d, dtype=torch.float64, device=device)
+    acc = _Moments(0, zero, zero)
     for _, block in _chunks(x, rows, device):
-        k = block.shape[0]
         block_mean = block.mean(0)
-        block_m2 = (block - block_mean).square_().sum(0).double()
-        delta = block_mean.double() - mean
-        mean += delta * (k / (n + k))
-        m2 += block_m2 + delta.square() * (n * k / (n + k))
-        n += k
-    std = (m2 / n).sqrt()
-    # Constant dimensions carry no information: centre them to zero and leave them unscaled.
-    inv_std = torch.where(std > 1e-6 * (1.0 + mean.abs()), 1.0 / std, torch.ones_like(std))
-    return mean.float(), inv_std.float()
+        block_m2 = (block - block_mean).square_().sum(0)
+        acc = acc.merge(_Moments(len(block), block_mean.double(), block_m2.double()))
+    return acc
 
 
 def _standardised(
@@ -184,7 +196,11 @@ def _standardised(
     n = x.shape[0] if rows is None else len(rows)
     out = torch.empty((n, x.shape[1]), dtype=dtype, device=mean.device)
     for i, block in _chunks(x, rows, mean.device):
-        out[i : i + len(block)] = block.sub_(mean).mul_(inv_std)
+        dst = out[i : i + len(block)]
+        if dtype == torch.float32:
+            torch.sub(block, mean, out=dst).mul_(inv_std)
+        else:
+            dst.copy_(torch.sub(block, mean).mul_(inv_std))
     return out
 
 
@@ -406,7 +422,7 @@ def _evaluate(
     yt = torch.from_numpy(y).to(mean.device)
     safe = yt.clamp_min(0)
     for i, block in _chunks(x, rows, mean.device):
-        zc = block.sub_(mean).mul_(inv_std)
+        zc = torch.sub(block, mean).mul_(inv_std)
         yc, sc = yt[i : i + len(zc)], safe[i : i + len(zc)]
         logits = torch.addmm(b.reshape(-1), zc, w.reshape(-1, w.shape[2]).t())
         logits = logits.view(len(zc), n_lr, n_classes)
@@ -532,7 +548,8 @@ def linear_probe(
                 f"validation split with val_fraction={val_fraction}; raise val_fraction or pass "
                 "a single learning rate in lrs"
             )
-        mean, inv_std = _standardiser(x_tr, fit_idx, dev)
+        moments = _moments(x_tr, fit_idx, dev)
+        mean, inv_std = moments.standardiser()
         z_fit = _standardised(x_tr, fit_idx, mean, inv_std, _training_dtype(len(fit_idx), len(lrs)))
         yt_fit = torch.from_numpy(y_tr[fit_idx]).to(dev)
         w, b = _train_stacked(
@@ -550,7 +567,10 @@ def linear_probe(
         chosen = lrs[best]
 
     # Only now is the test split read: retrain the chosen rate on the full train split.
-    mean, inv_std = _standardiser(x_tr, None, dev)
+    if len(lrs) > 1:  # the full train split: the fit part's moments and the validation part's
+        mean, inv_std = moments.merge(_moments(x_tr, val_idx, dev)).standardiser()
+    else:
+        mean, inv_std = _moments(x_tr, None, dev).standardiser()
     z_tr = _standardised(x_tr, None, mean, inv_std, _training_dtype(n, 1))
     yt_tr = torch.from_numpy(y_tr).to(dev)
     w, b = _train_stacked(
