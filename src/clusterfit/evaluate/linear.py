@@ -76,7 +76,6 @@ __all__ = [
 
 DEFAULT_LRS: tuple[float, ...] = (0.1, 0.01, 0.001)
 DEFAULT_N_UPDATES = 1000
-_EVAL_CHUNK = 4096
 #: ``precision`` values of :func:`linear_probe` ("auto": bfloat16 where it is native).
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -518,7 +517,7 @@ def linear_probe(
     precision = resolve_precision(precision, dev)
     y_tr, y_te, n_classes = encode_labels(y_tr_raw, y_te_raw)
 
-    def _training_dtype(n_rows: int, n_rates: int) -> torch.dtype:
+    def training_dtype(n_rows: int, n_rates: int) -> torch.dtype:
         """bfloat16 features for the SGD updates unless float32 is asked for or the rows are
         few enough for the dual form (which runs in float32; :func:`_train_stacked`)."""
         rows = n_rates * n_classes
@@ -550,7 +549,7 @@ def linear_probe(
             )
         moments = _moments(x_tr, fit_idx, dev)
         mean, inv_std = moments.standardiser()
-        z_fit = _standardised(x_tr, fit_idx, mean, inv_std, _training_dtype(len(fit_idx), len(lrs)))
+        z_fit = _standardised(x_tr, fit_idx, mean, inv_std, training_dtype(len(fit_idx), len(lrs)))
         yt_fit = torch.from_numpy(y_tr[fit_idx]).to(dev)
         w, b = _train_stacked(
             z_fit, yt_fit, n_classes, lrs, seed=seed, desc="linear probe: lr sweep", **train_kw
@@ -571,7 +570,7 @@ def linear_probe(
         mean, inv_std = moments.merge(_moments(x_tr, val_idx, dev)).standardiser()
     else:
         mean, inv_std = _moments(x_tr, None, dev).standardiser()
-    z_tr = _standardised(x_tr, None, mean, inv_std, _training_dtype(n, 1))
+    z_tr = _standardised(x_tr, None, mean, inv_std, training_dtype(n, 1))
     yt_tr = torch.from_numpy(y_tr).to(dev)
     w, b = _train_stacked(
         z_tr, yt_tr, n_classes, (chosen,), seed=seed + 1, desc="linear probe: final", **train_kw
