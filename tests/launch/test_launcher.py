@@ -90,6 +90,17 @@ def test_smoke_recipe_two_process_job(tmp_path: Path, job_env: None) -> None:
     assignments = np.load(run_dir / "clusters" / "assignments.npy")
     d = ((x[:, None, :] - centroids[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(assignments, d.argmin(1))
+    # the run's report reads the shards too: each shown cluster's nearest members, nearest first
+    from clusterfit.report.clusters import load_clustering, load_run_data
+    from clusterfit.report.runinfo import load_run
+
+    info = load_run(run_dir)
+    clustering = load_clustering(info, "clusters", load_run_data(info)[0])
+    shown = [v for v in clustering.views if v.size]
+    assert shown and all(v.nearest for v in shown)
+    for v in shown:
+        dist = d[v.nearest, assignments[v.nearest]]
+        assert (np.diff(dist) >= -1e-5).all()
 
 
 @pytest.mark.slow

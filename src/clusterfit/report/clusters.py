@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from clusterfit.report.runinfo import RunInfo
+from clusterfit.sharded import MANIFEST_SUFFIX, ShardedArray
 
 __all__ = [
     "SHOW_ALL",
@@ -198,8 +199,11 @@ def load_clustering(
     if feats_folder is not None:
         layer = info.meta(feats_folder).get("summary", {}).get("layer") or "pool"
         fpath = info.path / feats_folder / f"{layer}.npy"
+        manifest = info.path / feats_folder / f"{layer}{MANIFEST_SUFFIX}"
         if fpath.is_file():
             features = np.load(fpath, mmap_mode="r")
+        elif manifest.is_file():  # a sharded extraction: one file per rank
+            features = ShardedArray.open(manifest)
     seed = info.seed or 0
     rng = np.random.default_rng(seed)
     order = np.argsort(a, kind="stable")
