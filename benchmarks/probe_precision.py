@@ -66,19 +66,9 @@ def main() -> None:
                     order = PRECISIONS if seed % 2 == 0 else PRECISIONS[::-1]
                     for precision in order:
                         start = time.perf_counter()
-                        res = linear_probe(
-                            tr[layer],
-                            train_y,
-                            te[layer],
-                            test_y,
-                            lrs=tuple(pc.lrs),
-                            n_updates=pc.n_updates,
-                            batch_size=pc.batch_size,
-                            seed=seed,
-                            device=ctx.device,
-                            progress=False,
-                            precision=precision,
-                        )
+                        protocol = probe.linear_protocol(ctx)
+                        protocol.update(seed=seed, progress=False, precision=precision)
+                        res = linear_probe(tr[layer], train_y, te[layer], test_y, **protocol)
                         took = time.perf_counter() - start
                         seconds[precision].append(took)
                         row[precision] = {"top1": res["top1"], "lr": res["lr"], "seconds": took}

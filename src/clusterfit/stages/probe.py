@@ -231,6 +231,21 @@ def settings_digest(ctx: Context, m: graph.Probed) -> str:
     return fingerprint(made)[:12]
 
 
+def linear_protocol(ctx: Context) -> dict[str, Any]:
+    """The keyword arguments of :func:`clusterfit.evaluate.linear_probe` that the run's probe
+    settings fix (rates, updates, batch, seed, device, precision)."""
+    pc = ctx.cfg.probe
+    return {
+        "lrs": tuple(pc.lrs),
+        "n_updates": pc.n_updates,
+        "batch_size": pc.batch_size,
+        "seed": ctx.cfg.seed,
+        "device": ctx.device,
+        "progress": ctx.progress,
+        "precision": pc.precision,
+    }
+
+
 def cell_features(
     ctx: Context, net: Net, name: str, train: ImageSet, test: ImageSet, layers: list[str]
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -294,17 +309,7 @@ def probe_cell(
     for layer in pc.layers:
         started = time.perf_counter()
         res = linear_probe(
-            feats_train[layer],
-            train_y,
-            feats_test[layer],
-            test_y,
-            lrs=tuple(pc.lrs),
-            n_updates=pc.n_updates,
-            batch_size=pc.batch_size,
-            seed=ctx.cfg.seed,
-            device=ctx.device,
-            progress=ctx.progress,
-            precision=pc.precision,
+            feats_train[layer], train_y, feats_test[layer], test_y, **linear_protocol(ctx)
         )
         extra = {k: v for k, v in res.items() if k not in ("top1", "top5")}
         extra["dims"] = int(feats_train[layer].shape[1])
