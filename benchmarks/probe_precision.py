@@ -9,12 +9,14 @@ test top-1 of both, their difference, and the seconds of each, to
 
     clusterfit run out_dir=/tmp/cf-demo                    # the demo, once
     python benchmarks/probe_precision.py out_dir=/tmp/cf-demo --seeds 0 1 2
+    python benchmarks/probe_precision.py --peak-only       # the GEMM peaks, both precisions
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,13 +36,40 @@ RESULTS = ROOT / "benchmarks" / "results" / "probe_precision.json"
 PRECISIONS = ("float32", "bfloat16")
 
 
+def gemm_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of an n x n matrix product (best of ``repeats``) in float32 and bfloat16 at 1
+    thread and at torch's thread count: the rates the probe's products are measured against."""
+    many = torch.get_num_threads()
+    out = {}
+    try:
+        for threads in sorted({1, many}):
+            torch.set_num_threads(threads)
+            for dtype in (torch.float32, torch.bfloat16):
+                a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+                torch.mm(a, b)
+                best = math.inf
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    torch.mm(a, b)
+                    best = min(best, time.perf_counter() - start)
+                name = str(dtype).removeprefix("torch.")
+                out[f"{name}_{threads}_threads"] = round(2 * n**3 / best / 1e9, 1)
+    finally:
+        torch.set_num_threads(many)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="key=value settings of the run (out_dir=...)")
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--peak-only", action="store_true", help="print the GEMM peaks and stop")
     args = parser.parse_args()
+    if args.peak_only:
+        print(json.dumps(gemm_peak(), indent=1))
+        return
 
     cfg = load_config(args.config, [*args.overrides, "progress=false"])
     ctx = Context.create(cfg)
@@ -104,6 +133,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
             "native_bfloat16": native_bfloat16(ctx.device),
+            "gemm_peak_gflops": gemm_peak(),
             "load_average": [round(v, 2) for v in os.getloadavg()],
         },
         "summary": summary,
