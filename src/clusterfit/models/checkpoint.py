@@ -13,6 +13,7 @@ tuples and dicts of those (an optimizer's ``state_dict()`` qualifies).
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -57,10 +58,19 @@ def save_checkpoint(path: str | os.PathLike[str], net: nn.Module, **extra: Any) 
     payload = {"model_args": net.model_args, "state_dict": net.state_dict(), **extra}
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        # Serialised in memory, then written with a loop that finishes partial writes: a
+        # signal (a scheduler's preemption warning) that interrupts the write of a file torch
+        # streams into leaves a short write that torch reports as a failure.
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getbuffer()
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     atomic_write(path, write)
     return path
