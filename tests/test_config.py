@@ -87,3 +87,16 @@ def test_smoke_is_tiny_and_separate() -> None:
     assert tiny.pretrain.train.epochs == 1 and resolved_fit_train(tiny).epochs == 1
     assert tiny.cluster.k <= 16 and tiny.data.limit is not None and tiny.data.limit <= 256
     assert dataclasses.asdict(cfg) != dataclasses.asdict(tiny)
+
+
+def test_pretrain_settings_leave_out_a_default_input_size() -> None:
+    """Runs made before ``pretrain.input_size`` existed keep their fingerprints: the setting is
+    left out of N_pre's settings while null, and counts once set."""
+    from dataclasses import asdict
+
+    from clusterfit.config import PretrainConfig, pretrain_settings
+
+    plain = pretrain_settings(PretrainConfig())
+    assert "input_size" not in plain
+    assert plain == {k: v for k, v in asdict(PretrainConfig()).items() if k != "input_size"}
+    assert pretrain_settings(PretrainConfig(input_size=224))["input_size"] == 224

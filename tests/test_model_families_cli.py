@@ -110,3 +110,21 @@ def test_failed_download_is_one_line(
     assert main(["run", *TINY, *args, f"out_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not be downloaded" in err
+
+
+def test_n_pre_at_its_own_input_size(tmp_path: Path) -> None:
+    """``pretrain.input_size``: N_pre sees the 28 px images at 36 px (its checkpoint says so, and
+    its features come from 36 px inputs); N_cf trains at the data's 28 px."""
+    from clusterfit.models import load_model
+
+    args = [*TINY, "pretrain.input_size=36", f"out_dir={tmp_path}", "name=s"]
+    assert main(["run", *args]) == 0
+    run = tmp_path / "s"
+    n_pre = load_model(run / "pretrain" / "checkpoint.pt").eval()
+    n_cf = torch.load(run / "fit" / "checkpoint.pt", weights_only=True)["model_args"]
+    assert n_pre.input_size == 36 and "input_size" not in n_cf
+    x = torch.rand(1, 1, 28, 28)
+    with torch.no_grad():  # res2 keeps the input's side: 36 px seen, not 28
+        assert n_pre.intermediates(x, ["res2"])["res2"].shape[-1] == 36
+        assert n_pre.set_input_size(None).intermediates(x, ["res2"])["res2"].shape[-1] == 28
+    assert (run / "probe" / "results.json").is_file()

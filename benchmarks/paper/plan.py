@@ -32,7 +32,10 @@ REPO = HERE.parent
 
 SELECT = -1  # placeholder K: "the K picked on validation"
 TEACHER_ARCH = "efficientnet_lite0"
-TEACHER_SIZE = 64  # the images' size in the teacher suite (EfficientNet-Lite0 at 32 px is 1x1)
+# The side EfficientNet-Lite0 sees in the teacher suite (``pretrain.input_size``: D_cf and the
+# probe targets upsampled from 32 px; at 32 px its last map is 1 x 1); the data, N_cf and the
+# other networks stay at 32 px.
+TEACHER_INPUT = 96
 
 
 @dataclass(frozen=True)
@@ -256,13 +259,14 @@ def _teacher_plan(scale: Scale) -> list[Step]:
             )
         )
 
-    add("select", "pretrained", s0, scale.k_control)
-    for seed in scale.seeds[1:]:
-        add("headline", "pretrained", seed, (SELECT,))
-    for objective in ("rotnet", "jigsaw"):
-        for seed in scale.seeds:
-            add("headline", objective, seed, (SELECT,))
+    # seed by seed, so that a suite cut short has every objective at the seeds it reached
     for seed in scale.seeds:
+        if seed == s0:
+            add("select", "pretrained", s0, scale.k_control)
+        else:
+            add("headline", "pretrained", seed, (SELECT,))
+        for objective in ("rotnet", "jigsaw"):
+            add("headline", objective, seed, (SELECT,))
         add("ceiling", "supervised", seed, (SELECT,))
     return steps
 
@@ -528,16 +532,13 @@ def make_config(
             "pretrain.objective=pretrained",
             f"pretrain.arch={TEACHER_ARCH}",
             "pretrain.arch_kwargs={}",
+            f"pretrain.input_size={TEACHER_INPUT}",
             "fit.arch=resnet_cifar",
             f"fit.arch_kwargs={net}",
         ]
-    size = 32
-    if step.experiment == "teacher":
-        size = TEACHER_SIZE
-        over += [f"data.image_size={size}"]
     cfg = load_config(None, over)
     cfg.probe.layers = list(CONTROL_LAYERS if step.experiment == "control" else SELFSUP_LAYERS)
-    cfg.probe.targets = targets(s, data, step.validation, image_size=size)
+    cfg.probe.targets = targets(s, data, step.validation)
     cfg.sweep_k = list(ks)
     # a pretraining-only step's K is not used, but it must be a valid one for the data
     cfg.cluster.k = min(ks or s.k_control or (cfg.cluster.k,))

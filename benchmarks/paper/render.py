@@ -529,7 +529,7 @@ def overfit_section(
 
 
 def teacher_section(doc: dict[str, Any] | None, plots: dict[str, list[str]], md: Path) -> list:
-    from benchmarks.paper.plan import budget_line, build_plan
+    from benchmarks.paper.plan import TEACHER_INPUT, budget_line, build_plan
 
     scale = SCALES["teacher"]
     lines = [
@@ -538,8 +538,10 @@ def teacher_section(doc: dict[str, Any] | None, plots: dict[str, list[str]], md:
         "",
         "N_pre = the ImageNet EfficientNet-Lite0 shipped by the `[efficientnet]` extra, taken as "
         "it is (`pretrain.objective=pretrained pretrain.arch=efficientnet_lite0`); D_cf = "
-        f"{scale.n_images} CIFAR-10 train images **without labels**, at "
-        "64 px; N_cf = `resnet_cifar` (depth 10, width 16) from scratch on K clusters, K in "
+        f"{scale.n_images:,} CIFAR-10 train images **without labels**, at 32 px, which "
+        f"EfficientNet-Lite0 sees upsampled to {TEACHER_INPUT} px (`pretrain.input_size="
+        f"{TEACHER_INPUT}`, for its clusters and its own probes); N_cf = `resnet_cifar` (depth "
+        "10, width 16) from scratch at 32 px on K clusters, K in "
         f"{list(scale.k_control)} picked on validation. Compared on the same D_cf, architecture "
         "and epochs: RotNet and Jigsaw trained on D_cf, supervised training on CIFAR-10's true "
         "labels (the ceiling), random init; probes on CIFAR-10 and Fashion-MNIST. Command: "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,19 @@ class PretrainConfig:
     weak_mode: str = "sample"
     jigsaw_permutations: int = 2000
     train: TrainConfig = field(default_factory=TrainConfig)
+    # N_pre sees every image resized to this side (null: the data's size), wherever it runs:
+    # training, extraction, its probes, distillation's teacher. A pre-trained network at its own
+    # resolution (e.g. 224) on small images; N_cf still trains at the data's size.
+    input_size: int | None = None
+
+
+def pretrain_settings(p: PretrainConfig) -> dict[str, Any]:
+    """``asdict(p)`` for fingerprints and settings digests, without the settings added since the
+    first release while at their defaults, so that earlier runs stay up to date."""
+    out = asdict(p)
+    if out.get("input_size") is None:
+        out.pop("input_size", None)
+    return out
 
 
 @dataclass
@@ -382,6 +395,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{where}.objective=weak needs '{where}.weak_labels=PATH'")
         if not 0.0 <= p.label_noise < 1.0:
             raise ConfigError(f"'{where}.label_noise' must be in [0, 1)")
+        if p.input_size is not None and p.input_size < 1:
+            raise ConfigError(f"'{where}.input_size' must be at least 1 (or null)")
         if p.train.epochs < 1 or p.train.batch_size < 1:
             raise ConfigError(f"'{where}.train.epochs' and '.batch_size' must be at least 1")
         if p.weights is not None and p.objective != "pretrained":

@@ -179,14 +179,17 @@ def test_teacher_plan_and_configs(tmp_path):
     for s in plan:
         by.setdefault(s.objective, set()).add(s.seed)
         cfg = P.make_config(s, TEACHER, Data, paths, [10])
-        assert cfg.data.image_size == P.TEACHER_SIZE and cfg.probe.targets[0].image_size == 64
+        assert cfg.data.image_size is None and cfg.probe.targets[0].image_size == 32
         if s.objective == "pretrained":
             assert cfg.pretrain.arch == "efficientnet_lite0" and cfg.fit.arch == "resnet_cifar"
+            assert cfg.pretrain.input_size == P.TEACHER_INPUT  # N_pre alone sees 96 px
         elif s.objective == "supervised":
             assert cfg.pretrain.label_noise == 0.0  # the ceiling: CIFAR-10's true labels
         else:
             assert cfg.pretrain.arch == "resnet_cifar"
     assert by == {o: {0, 1, 2} for o in P.TEACHER_OBJECTIVES}
+    seeds = [s.seed for s in plan]
+    assert seeds == sorted(seeds)  # seed by seed: a suite cut short is balanced
 
 
 def _rec(model, value, seed, **kw):

@@ -76,6 +76,39 @@ def test_bad_inputs_are_user_errors() -> None:
 
 
 # ------------------------------------------------------------------ patches (Jigsaw)
+def test_input_size_resizes_before_the_trunk(tmp_path) -> None:
+    """With input_size S the network is the same network on the bilinearly resized input
+    (antialiased when shrinking); it survives a checkpoint, and unset it leaves model_args as
+    they were."""
+    import torch.nn.functional as F
+
+    from clusterfit.models import load_model, save_checkpoint
+
+    plain = small_net().eval()
+    assert "input_size" not in plain.model_args
+    sized = copy.deepcopy(plain).set_input_size(20).eval()
+    x = rand(2, 3, 12, 12)
+    with torch.no_grad():
+        up = F.interpolate(x, size=(20, 20), mode="bilinear")
+        torch.testing.assert_close(sized.forward_features(x), plain.forward_features(up))
+        big = rand(2, 3, 40, 40, seed=1)
+        down = F.interpolate(big, size=(20, 20), mode="bilinear", antialias=True)
+        torch.testing.assert_close(sized(big)[0], plain(down)[0])
+        assert sized.intermediates(x, ["res2"])["res2"].shape[-1] == 20
+    path = save_checkpoint(tmp_path / "n.pt", sized)
+    back = load_model(path).eval()
+    assert back.input_size == 20 and back.model_args["input_size"] == 20
+    with torch.no_grad():
+        torch.testing.assert_close(back.forward_features(x), sized.forward_features(x))
+    with pytest.raises(ClusterFitError, match="input_size"):
+        plain.set_input_size(0)
+
+
+def test_input_size_keeps_the_frames_of_a_clip() -> None:
+    net = create_model("r2plus1d_narrow", [3]).set_input_size(12)
+    assert net.prep(rand(1, 3, 4, 8, 8)).shape == (1, 3, 4, 12, 12)
+
+
 def test_patches_forward_equals_per_patch_computation() -> None:
     net = small_net(patches=9, head_sizes=[7, 3]).eval()
     assert [h.in_features for h in net.heads] == [9 * net.feature_dim] * 2

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clusterfit.errors import ClusterFitError
@@ -58,10 +59,13 @@ def _as_stat(values: Sequence[float] | float | None, in_chans: int, name: str) -
 
 
 class Prep(nn.Module):
-    """Channel adaptation and normalisation, the first step of every :class:`Net`.
+    """Resizing, channel adaptation and normalisation, the first step of every :class:`Net`.
 
     ``forward(x)``: x float B x C x *spatial in [0, 1] with C = 1 or ``in_chans`` (or 3 when
-    ``in_chans`` is 1) -> B x in_chans x *spatial, ``(x - mean) / std`` per channel.
+    ``in_chans`` is 1) -> B x in_chans x *spatial, ``(x - mean) / std`` per channel. With
+    ``input_size`` S set, the frames are first resized (bilinear; antialiased when shrinking
+    images) to S x S (video clips keep their T frames): a pre-trained network sees the side it
+    was trained at whatever the data's size (e.g. an ImageNet network at 224 on 32 px images).
     """
 
     def __init__(
@@ -80,8 +84,21 @@ class Prep(nn.Module):
         self.std_values = _as_stat(std, self.in_chans, "std")
         self.register_buffer("mean", torch.tensor(self.mean_values, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(self.std_values, dtype=torch.float32))
+        self.input_size: int | None = None
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """x B x C x *spatial -> B x C x (T x) S x S for ``input_size`` S (as is when unset or
+        already that size)."""
+        s = self.input_size
+        if s is None or tuple(x.shape[-2:]) == (s, s):
+            return x
+        if self.spatial_dims == 2:
+            shrink = min(x.shape[-2:]) > s
+            return F.interpolate(x, size=(s, s), mode="bilinear", antialias=shrink)
+        return F.interpolate(x, size=(x.shape[2], s, s), mode="trilinear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.resize(x)
         c = x.shape[1]
         if c != self.in_chans:
             if c == 1:
@@ -101,7 +118,8 @@ class Prep(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"in_chans={self.in_chans}, spatial_dims={self.spatial_dims}"
+        size = "" if self.input_size is None else f", input_size={self.input_size}"
+        return f"in_chans={self.in_chans}, spatial_dims={self.spatial_dims}{size}"
 
 
 def _make_heads(feature_dim: int, patches: int, head_sizes: Iterable[int]) -> nn.ModuleList:
@@ -200,6 +218,19 @@ class Net(nn.Module):
         return self.prep.in_chans
 
     @property
+    def input_size(self) -> int | None:
+        """S when every input is resized to S x S before the trunk (:class:`Prep`), else None."""
+        return self.prep.input_size
+
+    def set_input_size(self, size: int | None) -> Net:
+        """Resize every input to ``size`` x ``size`` before the trunk (None: the data's size);
+        kept in ``model_args``, so checkpoints restore it. Returns the network."""
+        if size is not None and (isinstance(size, bool) or int(size) != size or size < 1):
+            raise ClusterFitError(f"input_size must be a positive int or None, got {size!r}")
+        self.prep.input_size = None if size is None else int(size)
+        return self
+
+    @property
     def head_sizes(self) -> list[int]:
         """Output size of each head."""
         return [int(h.out_features) for h in self.heads]
@@ -225,6 +256,7 @@ class Net(nn.Module):
             "patches": self.patches,
             "mean": list(self.prep.mean_values),
             "std": list(self.prep.std_values),
+            **({} if self.input_size is None else {"input_size": self.input_size}),
         }
 
     # ---------------------------------------------------------------- computation

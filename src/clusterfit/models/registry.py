@@ -558,7 +558,8 @@ _MODEL_ARGS_KEYS = ("arch", "arch_kwargs", "in_chans", "head_sizes", "patches", 
 def build_from_args(
     model_args: dict[str, Any], module_factory: Callable[[], nn.Module] | None = None
 ) -> Net:
-    """Rebuild the architecture described by ``Net.model_args`` (fresh, not pre-trained weights).
+    """Rebuild the architecture described by ``Net.model_args`` (fresh, not pre-trained weights;
+    with its ``input_size`` when the description has one).
 
     ``module_factory`` is required for ``arch == "module"`` (models made by
     :func:`from_module`): a callable returning a fresh instance of the wrapped module.
@@ -582,15 +583,17 @@ def build_from_args(
                 f"this model wraps {cls} (arch 'module'); its code is not in the checkpoint: "
                 f"pass module_factory=<callable returning a fresh {cls}>"
             )
-        return from_module(
+        net = from_module(
             module_factory(),
             kwargs.get("layers"),
             feature_dim=kwargs.get("feature_dim"),
             spatial_dims=int(kwargs.get("spatial_dims", 2)),
             **common,
         )
-    head_sizes = common.pop("head_sizes")
-    return create_model(arch, head_sizes, pretrained=False, **common, **kwargs)
+    else:
+        head_sizes = common.pop("head_sizes")
+        net = create_model(arch, head_sizes, pretrained=False, **common, **kwargs)
+    return net.set_input_size(model_args.get("input_size"))
 
 
 def create_for_data(

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from clusterfit.artifacts import Stage
-from clusterfit.config import resolved_fit_train
+from clusterfit.config import pretrain_settings, resolved_fit_train
 from clusterfit.stages import graph, pretrain
 from clusterfit.stages.context import Context, up_to_date
 from clusterfit.train.distill import distillation_loss
@@ -38,7 +37,11 @@ def enabled(ctx: Context) -> list[str]:
 def stage(ctx: Context, key: str) -> Stage:
     """The folder and fingerprint of one baseline."""
     cfg = ctx.cfg
-    config: dict[str, Any] = {"pretrain": asdict(cfg.pretrain), "seed": cfg.seed, "kind": key}
+    config: dict[str, Any] = {
+        "pretrain": pretrain_settings(cfg.pretrain),
+        "seed": cfg.seed,
+        "kind": key,
+    }
     inputs = {"data": ctx.data().fingerprint}
     if key == "pre2x":
         config["epochs"] = _pre2x_epochs(ctx)

@@ -53,6 +53,7 @@ def _new_ncf(ctx: Context, heads: list[int]) -> Net:
     assert ctx.n_pre is not None
     mean, std = channel_stats(data.images)
     args = {**ctx.n_pre.model_args, "head_sizes": heads, "patches": 1, "mean": mean, "std": std}
+    args.pop("input_size", None)  # N_cf sees the data at its own size (pretrain.input_size)
     torch.manual_seed(ctx.cfg.seed + 1)
     return build_from_args(args, ctx.module_factory)
 

@@ -80,7 +80,7 @@ def _try_layers(
         raise ConfigError(
             f"{where} ({net.arch!r}) cannot take {h}x{w} images ({type(e).__name__}: {msg}); "
             "set data.image_size (and data.crop_size) to a size it takes, e.g. "
-            "data.image_size=224"
+            "data.image_size=224, or for N_pre alone pretrain.input_size=224"
         ) from None
 
 
@@ -135,6 +135,8 @@ def check(ctx: Context) -> None:
     for task, p in enumerate(ctx.pretrain_configs):
         where = "pretrain" if task == 0 else f"multitask.{task - 1}"
         net = _n_pre(ctx, task, p, shape[0], where)
+        if p.input_size is not None:
+            net.set_input_size(p.input_size)
         name = "N_pre" if task == 0 else f"N_pre_{task + 1}"
         _try_layers(net, [cfg.extract.layer], shape, "extract.layer", name)
         _try_layers(net, probed, shape, "probe.layers", name)

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from clusterfit.artifacts import Stage
-from clusterfit.config import PretrainConfig, TrainConfig
+from clusterfit.config import PretrainConfig, TrainConfig, pretrain_settings
 from clusterfit.errors import ClusterFitError
 from clusterfit.models import Net, create_for_data, create_model, save_checkpoint
 from clusterfit.pretext import Objective, get_objective
@@ -43,7 +43,7 @@ def stage(ctx: Context, task: int = 0) -> Stage:
     """The folder and fingerprint of the ``task``-th N_pre (its recipe, the seed and the data;
     for a given network, a digest of its weights or of its checkpoint file)."""
     p = ctx.pretrain_configs[task]
-    config: dict[str, Any] = {"pretrain": asdict(p), "seed": ctx.cfg.seed}
+    config: dict[str, Any] = {"pretrain": pretrain_settings(p), "seed": ctx.cfg.seed}
     if p.objective == "module":
         if ctx.n_pre is None or task != 0:
             raise ClusterFitError(
@@ -132,7 +132,7 @@ def train_objective(
         data,
         ctx.cfg.seed,
         objective.patches,
-    )
+    ).set_input_size(p.input_size)
     resuming = start(st)
     ctx.say(
         f"{desc}: {'resuming' if resuming else 'training'} ({p.objective}, {p.arch}) "
@@ -173,6 +173,8 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         else:
             assert ctx.n_pre is not None
             net = ctx.n_pre
+        if p.input_size is not None:
+            net.set_input_size(p.input_size)
         start(st)
         save_checkpoint(st.dir / CHECKPOINT, net, config=asdict(ctx.cfg))
         what = {"pretrained": p.arch, "checkpoint": p.checkpoint, "module": net.arch}[p.objective]

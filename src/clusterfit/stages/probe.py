@@ -24,7 +24,13 @@ import numpy as np
 import torch
 
 from clusterfit.artifacts import Stage, fingerprint, read_json, write_json
-from clusterfit.config import TargetConfig, VideoConfig, resolved_fit_train, resolved_target
+from clusterfit.config import (
+    TargetConfig,
+    VideoConfig,
+    pretrain_settings,
+    resolved_fit_train,
+    resolved_target,
+)
 from clusterfit.data import ImageSet, center_crop, load_dataset, to_float
 from clusterfit.errors import DataError
 from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
@@ -218,15 +224,15 @@ def settings_digest(ctx: Context, m: graph.Probed) -> str:
     made: dict[str, Any] = {"data": asdict(cfg.data), "n_items": len(ctx.data())}
     made["probe"] = probe_settings
     if m.kind == "fit":
-        made["pretrain"] = [asdict(p) for p in ctx.pretrain_configs]
+        made["pretrain"] = [pretrain_settings(p) for p in ctx.pretrain_configs]
         made["extract"] = asdict(cfg.extract)
         made["cluster"] = {k: v for k, v in asdict(cfg.cluster).items() if k != "k"}
         made["fit"] = {"arch": fit.architecture(ctx), "train": asdict(resolved_fit_train(cfg))}
     elif m.kind == "baselines":
-        made["pretrain"] = asdict(cfg.pretrain)
+        made["pretrain"] = pretrain_settings(cfg.pretrain)
         made["baselines"] = asdict(cfg.baselines)
     else:
-        made["pretrain"] = asdict(ctx.pretrain_configs[m.task])
+        made["pretrain"] = pretrain_settings(ctx.pretrain_configs[m.task])
         made["random"] = m.kind == "random"
     return fingerprint(made)[:12]
 
