@@ -128,6 +128,12 @@ def test_fused_task_rows():
     assert fused_task_rows(256) == 1024
     assert fused_task_rows(4096) == 256
     assert fused_task_rows(1) == 1024 and fused_task_rows(10**7) == 256
+    # 8 MiB of centroids or more: 1024-row tasks amortise packing them ...
+    assert fused_task_rows(4096, 2048) == 1024 and fused_task_rows(1000, 512) == 512
+    # ... unless that leaves fewer than 4 tasks per worker
+    assert fused_task_rows(4096, 2048, n=10_000, threads=2) == 1024
+    assert fused_task_rows(4096, 2048, n=5_000, threads=2) == 512
+    assert fused_task_rows(256, 8, n=1000, threads=2) == 256
 
 
 @needs_numba

@@ -268,8 +268,9 @@ def _kernel() -> Callable[..., float]:
     import numba
 
     @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def scan(g, x, cn, spherical, count, add_rows, labels, dists, sums, counts, best):  # type: ignore[no-untyped-def]
-        # g: K x B, g[j, i] = -2 x_i·c_j (plain) or -x_i·c_j (spherical); cn: K (||c||² or 0).
+    def scan(g, x, xx, cn, spherical, count, add_rows, labels, dists, sums, counts, best):  # type: ignore[no-untyped-def]
+        # g: K x B, g[j, i] = -2 x_i·c_j (plain) or -x_i·c_j (spherical); cn: K (||c||² or 0);
+        # xx: B, ||x_i||² (plain; computed by numpy's vectorised einsum, not here in a serial sum)
         k, b = g.shape
         d = x.shape[1]
         c0 = cn[0]
@@ -285,13 +286,8 @@ def _kernel() -> Callable[..., float]:
                     labels[i] = j
         obj = 0.0
         for i in range(b):
-            if spherical:
-                dist = np.float32(1.0) + best[i]
-            else:
-                xx = np.float32(0.0)
-                for t in range(d):
-                    xx += x[i, t] * x[i, t]
-                dist = max(xx + best[i], np.float32(0.0))
+            base = np.float32(1.0) if spherical else xx[i]
+            dist = base + best[i] if spherical else max(base + best[i], np.float32(0.0))
             dists[i] = dist
             obj += dist
             lab = labels[i]
@@ -326,12 +322,23 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
-def fused_task_rows(k: int) -> int:
-    """Rows per task of the fused assignment: the power of two nearest 2^19 / K, in [256, 1024]
-    (a 2 MiB or smaller block of scores; at least 256 rows to amortise packing the centroids)."""
+def fused_task_rows(k: int, d: int = 0, n: int = 0, threads: int = 1) -> int:
+    """Rows per task of the fused assignment.
+
+    The power of two nearest 2^19 / K, in [256, 1024]: a 2 MiB or smaller block of scores, and
+    at least 256 rows to amortise packing the centroids. Each task's GEMM packs the whole K x D
+    centroid matrix again; from 8 MiB of centroids (K·D >= 2^21) that copy is a few percent of a
+    256-row task, so such tasks take 1024 rows. With ``n`` rows to share among ``threads``
+    workers, tasks shrink (not below 256) until there are at least 4 per worker.
+    """
     target = (1 << 19) // max(k, 1)
     rows = 1 << (target.bit_length() - 1) if target > 0 else 1
-    return int(min(1024, max(256, rows)))
+    rows = int(min(1024, max(256, rows)))
+    if k * d >= 1 << 21:
+        rows = 1024
+    while n and rows > 256 and -(-n // rows) < 4 * threads:
+        rows //= 2
+    return rows
 
 
 class FusedAssigner(Assigner):
@@ -364,7 +371,6 @@ class FusedAssigner(Assigner):
         else:
             self._cs = np.ascontiguousarray(-2.0 * c, dtype=np.float32)
             self._cn = np.einsum("ij,ij->i", c, c, dtype=np.float32)
-        self._rows = self.task_rows or fused_task_rows(self.k)
 
     def _threads(self) -> int:
         return max(1, int(self.n_threads or torch.get_num_threads()))
@@ -407,7 +413,8 @@ class FusedAssigner(Assigner):
         self, x: torch.Tensor, sums: torch.Tensor | None, stats: torch.Tensor | None
     ) -> tuple[np.ndarray, np.ndarray, float]:
         xn = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
-        n, k, rows = int(xn.shape[0]), self.k, self._rows
+        n, k = int(xn.shape[0]), self.k
+        rows = self.task_rows or fused_task_rows(k, self.d, n, self._threads())
         labels = np.empty(n, dtype=np.int64)
         dists = np.empty(n, dtype=np.float32)
         accumulate = stats is not None
@@ -438,6 +445,7 @@ class FusedAssigner(Assigner):
             s, c, obj = own[t]
             add_rows = accumulate and s.shape[0] > 0
             best = np.empty(rows, dtype=np.float32)
+            norms = np.zeros(rows, dtype=np.float32)
             while True:
                 i = next(tasks)
                 if i >= n_tasks:
@@ -447,8 +455,22 @@ class FusedAssigner(Assigner):
                 xb = xn[a:b]
                 g = buf[: k * (b - a)].reshape(k, b - a)
                 np.matmul(cs, xb.T, out=g)
+                xx = norms[: b - a]
+                if not spherical:
+                    np.einsum("ij,ij->i", xb, xb, out=xx)
                 obj[0] += kernel(
-                    g, xb, cn, spherical, accumulate, add_rows, labels[a:b], dists[a:b], s, c, best
+                    g,
+                    xb,
+                    xx,
+                    cn,
+                    spherical,
+                    accumulate,
+                    add_rows,
+                    labels[a:b],
+                    dists[a:b],
+                    s,
+                    c,
+                    best,
                 )
 
         with _blas_controller().limit(limits=1, user_api="blas"):
