@@ -270,7 +270,7 @@ def _kernel() -> Callable[..., float]:
     @numba.njit(nogil=True, cache=True, boundscheck=False)
     def scan(g, x, xx, cn, spherical, count, add_rows, labels, dists, sums, counts, best):  # type: ignore[no-untyped-def]
         # g: K x B, g[j, i] = -2 x_i·c_j (plain) or -x_i·c_j (spherical); cn: K (||c||² or 0);
-        # xx: B, ||x_i||² (plain; computed by numpy's vectorised einsum, not here in a serial sum)
+        # xx: B, ||x_i||² (plain; by numpy's vectorised einsum, not a serial sum here) or 1s
         k, b = g.shape
         d = x.shape[1]
         c0 = cn[0]
@@ -286,8 +286,9 @@ def _kernel() -> Callable[..., float]:
                     labels[i] = j
         obj = 0.0
         for i in range(b):
-            base = np.float32(1.0) if spherical else xx[i]
-            dist = base + best[i] if spherical else max(base + best[i], np.float32(0.0))
+            dist = xx[i] + best[i]
+            if not spherical:
+                dist = max(dist, np.float32(0.0))
             dists[i] = dist
             obj += dist
             lab = labels[i]
@@ -445,7 +446,7 @@ class FusedAssigner(Assigner):
             s, c, obj = own[t]
             add_rows = accumulate and s.shape[0] > 0
             best = np.empty(rows, dtype=np.float32)
-            norms = np.zeros(rows, dtype=np.float32)
+            norms = np.ones(rows, dtype=np.float32)  # spherical: the distance is 1 - x·c
             while True:
                 i = next(tasks)
                 if i >= n_tasks:
