@@ -624,7 +624,8 @@ def hours_section(docs: dict[str, dict[str, Any] | None]) -> list[str]:
         "## Machine time",
         "",
         "Wall hours of the finished stages on the shared 2-core machine (sum of each stage's "
-        "`meta.json` seconds; one process at a time, 1-2 threads).",
+        "`meta.json` seconds, 1-2 threads each). Suites sometimes ran side by side with each "
+        "other or with other work, so these hours are upper bounds of their own cost.",
         "",
         md_table(["part", "hours", "stages counted"], rows),
     ]
