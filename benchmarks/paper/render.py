@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paper.plan import REPO, Paths
+from benchmarks.paper.plan import REPO, TEACHER_ARCH, Paths
 from benchmarks.paper.scale import SCALES, TEST_TARGETS
 
 # --------------------------------------------------------------------------------------------
@@ -48,16 +48,30 @@ def test_linear(records: list[dict[str, Any]], experiment: str) -> list[dict[str
     ]
 
 
+def floor_arch(r: dict[str, Any]) -> str | None:
+    """The architecture of a random-init record's network when it is not the suite's small
+    ResNet: the probe stage's floor has N_pre's architecture, which in the teacher experiment's
+    ``pretrained`` run is EfficientNet-Lite0 (every other run's is ``resnet_cifar``)."""
+    teacher = r.get("experiment") == "teacher" and r.get("objective") == "pretrained"
+    return TEACHER_ARCH if r["model"] == "random" and teacher else None
+
+
 def once_per_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records with the random-init floor kept once per (seed, layer, target, ...): every
-    run of a seed probes the same random network, and its copies must not shrink the spread."""
+    """The records with the random-init floor kept once per (network, seed, layer, target, ...):
+    every run of a seed probes the same random network of its architecture, and its copies must
+    not shrink the spread. A floor of another architecture (:func:`floor_arch`) is its own row,
+    ``random (<arch>)``, never merged with (or hidden behind) the small ResNet's."""
     out, seen = [], set()
     for r in records:
         if r["model"] == "random":
-            key = (r["seed"], r["layer"], r["target"], r["protocol"], r["metric"], r.get("shots"))
+            arch = floor_arch(r)
+            key = (arch, r["seed"], r["layer"], r["target"], r["protocol"], r["metric"])
+            key += (r.get("shots"),)
             if key in seen:
                 continue
             seen.add(key)
+            if arch is not None:
+                r = {**r, "model": f"random ({arch})"}
         out.append(r)
     return out
 

@@ -309,3 +309,21 @@ def test_gpu_suite_is_the_issue_scale_and_its_configs_validate(tmp_path):
         assert cfg.device == "auto" and cfg.data.limit == 45000
     script = (P.REPO / "benchmarks" / "paper_gpu.sh").read_text()
     assert "python -m benchmarks.paper --gpu" in script
+
+
+def test_teacher_floors_of_two_architectures_stay_apart():
+    """The teacher's `pretrained` run probes a random EfficientNet-Lite0, the other runs a random
+    small ResNet: two floors, two rows, neither hidden behind the other."""
+    recs = [
+        _rec("random", v, s, objective=obj, experiment="teacher")
+        for obj, vals in (("pretrained", (15, 16)), ("rotnet", (36, 38)), ("jigsaw", (36, 38)))
+        for s, v in enumerate(vals)
+    ]
+    once = render.once_per_seed(recs)
+    rows = sorted((r["model"], r["seed"], r["value"]) for r in once)
+    assert rows == [
+        ("random", 0, 36),
+        ("random", 1, 38),
+        ("random (efficientnet_lite0)", 0, 15),
+        ("random (efficientnet_lite0)", 1, 16),
+    ]

@@ -340,3 +340,47 @@ def test_rate_choice_skips_diverged_rates(monkeypatch, acc, loss, chosen):
     x, y = _blobs(300, 6, 3, seed=2)
     out = linear.linear_probe(x, y, x, y, n_updates=10, progress=False)
     assert out["lr"] == chosen
+
+
+def test_layers_probed_at_once_give_each_layer_its_own_probe(capsys):
+    """linear_probes runs several layers at once on one torch thread each: every layer gets the
+    numbers of its own linear_probe call, in the order asked, and torch's thread count is
+    given back afterwards."""
+    import torch
+
+    from clusterfit.evaluate import linear_probes
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 600)
+    feats = {}
+    for name, d in (("small", 6), ("wide", 300), ("mid", 40)):
+        x = rng.normal(size=(600, d)).astype(np.float32)
+        x[:, :4] += 1.5 * np.eye(4, dtype=np.float32)[y]  # a signal of different strength
+        feats[name] = (x[:450], x[450:])
+    kw = dict(lrs=(0.1, 0.01), n_updates=60, batch_size=64, seed=1, precision="float32")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together = linear_probes(feats, y[:450], y[450:], workers=2, progress=True, **kw)
+        assert torch.get_num_threads() == 2
+        assert "linear probes" in capsys.readouterr().err
+        assert list(together) == ["small", "wide", "mid"]
+        for name, (x_tr, x_te) in feats.items():
+            alone = linear_probe(x_tr, y[:450], x_te, y[450:], progress=False, **kw)
+            got = together[name]
+            assert got["seconds"] >= 0
+            for key in ("top1", "top5", "lr", "val_top1", "train_top1", "dims"):
+                assert got[key] == alone[key], (name, key)
+            for lr, loss in alone["val_loss"].items():
+                assert got["val_loss"][lr] == pytest.approx(loss, rel=1e-5)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_layers_probed_at_once_raise_a_layers_error():
+    from clusterfit.evaluate import linear_probes
+
+    x, y = _blobs(200, 8, 3, seed=5)
+    bad = {"ok": (x, x), "bad": (x, x[:, :4])}
+    with pytest.raises(DataError, match="layer bad: X_train has 8 dims but X_test has 4"):
+        linear_probes(bad, y, y, workers=2, n_updates=10, progress=False)

@@ -9,10 +9,12 @@ The distance of plain k-means is ``max(||x||² - 2 x·c + ||c||², 0)``; of sphe
 * :class:`FusedAssigner` (``backend="fused"``, the default on CPU): cache-blocked, as
   scikit-learn's Lloyd. The rows are cut into tasks of 256-1024 rows (so that the task's B x K
   block of inner products stays in the core's cache); each of ``torch.get_num_threads()`` worker
-  threads takes the next task, computes ``-2 C xᵀ`` with a single-threaded BLAS GEMM into its
-  own reused buffer, and a compiled numba kernel then takes the argmin column by column (a
-  vectorised compare-and-select over the B rows), the distances, the counts and the centroid
-  sums (float64, per thread) while that block is still in cache. No N x K matrix exists.
+  threads takes the next task, computes ``-2 C xᵀ`` with a single-threaded GEMM (``torch.mm``:
+  torch's MKL, 10-25 % faster than numpy's OpenBLAS at these shapes) into its own reused
+  buffer, and a compiled numba kernel then takes the argmin column by column (a vectorised
+  compare-and-select over the B rows, 32-bit indices), the distances, the counts and the
+  centroid sums (float64, per thread) while that block is still in cache. No N x K matrix
+  exists.
 * :class:`TorchAssigner` (``backend="torch"``, GPU and torch.distributed): ``addmm`` into a
   reused block of rows x K scores (4 MiB on CPU, 128 MiB on GPU) and ``max`` into preallocated
   outputs, block by block; centroid sums by ``index_add_`` on the device.
@@ -268,22 +270,24 @@ def _kernel() -> Callable[..., float]:
     import numba
 
     @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def scan(g, x, xx, cn, spherical, count, add_rows, labels, dists, sums, counts, best):  # type: ignore[no-untyped-def]
+    def scan(g, x, xx, cn, spherical, count, add_rows, labels, dists, sums, counts, best, near):  # type: ignore[no-untyped-def]
         # g: K x B, g[j, i] = -2 x_i·c_j (plain) or -x_i·c_j (spherical); cn: K (||c||² or 0);
-        # xx: B, ||x_i||² (plain; by numpy's vectorised einsum, not a serial sum here) or 1s
+        # xx: B, ||x_i||² (plain; by numpy's vectorised einsum, not a serial sum here) or 1s.
+        # best (B float32) and near (B int32) are scratch: the running minimum and its index,
+        # both 32-bit so that the compare-and-select runs 16 rows to a 512-bit vector.
         k, b = g.shape
         d = x.shape[1]
         c0 = cn[0]
         for i in range(b):
             best[i] = c0 + g[0, i]
-            labels[i] = 0
+            near[i] = 0
         for j in range(1, k):
             c = cn[j]
             for i in range(b):
                 v = c + g[j, i]
                 if v < best[i]:
                     best[i] = v
-                    labels[i] = j
+                    near[i] = j
         obj = 0.0
         for i in range(b):
             dist = xx[i] + best[i]
@@ -291,12 +295,15 @@ def _kernel() -> Callable[..., float]:
                 dist = max(dist, np.float32(0.0))
             dists[i] = dist
             obj += dist
-            lab = labels[i]
+            lab = near[i]
+            labels[i] = lab
             if count:
                 counts[lab] += 1
             if add_rows:
+                row = sums[lab]
+                xi = x[i]
                 for t in range(d):
-                    sums[lab, t] += x[i, t]
+                    row[t] += xi[t]
         return obj
 
     return scan  # type: ignore[no-any-return]
@@ -314,13 +321,6 @@ def _pool(n_threads: int) -> ThreadPoolExecutor:
         if pool is None:
             pool = _POOLS[key] = ThreadPoolExecutor(n_threads, "kmeans-assign")
         return pool
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 def fused_task_rows(k: int, d: int = 0, n: int = 0, threads: int = 1) -> int:
@@ -347,7 +347,7 @@ class FusedAssigner(Assigner):
 
     ``n_threads`` workers (default ``torch.get_num_threads()``) take tasks of
     :func:`fused_task_rows` rows in turn; each owns its GEMM buffer, its per-cluster sums
-    (float64, K x D) and counts; BLAS runs single-threaded inside the tasks. Sums of worker 0 go
+    (float64, K x D) and counts; torch runs single-threaded inside the tasks. Sums of worker 0 go
     straight into the pass's ``sums``; the others are added in :meth:`finish_pass`.
     """
 
@@ -358,7 +358,7 @@ class FusedAssigner(Assigner):
         self.n_threads = n_threads
         self.task_rows = task_rows
         self._kernel = _kernel()
-        self._bufs: list[np.ndarray] = []
+        self._bufs: list[torch.Tensor] = []
         self._parts: list[tuple[np.ndarray, np.ndarray, list[float]]] = []
         self._spare: list[tuple[np.ndarray, np.ndarray, list[float]]] = []
 
@@ -367,10 +367,10 @@ class FusedAssigner(Assigner):
         c = np.asarray(C.detach().cpu().numpy(), dtype=np.float32)
         self.k, self.d = int(c.shape[0]), int(c.shape[1])
         if self.spherical:
-            self._cs = np.ascontiguousarray(-c)
+            self._cs = torch.from_numpy(np.ascontiguousarray(-c))
             self._cn = np.zeros(self.k, dtype=np.float32)
         else:
-            self._cs = np.ascontiguousarray(-2.0 * c, dtype=np.float32)
+            self._cs = torch.from_numpy(np.ascontiguousarray(-2.0 * c, dtype=np.float32))
             self._cn = np.einsum("ij,ij->i", c, c, dtype=np.float32)
 
     def _threads(self) -> int:
@@ -422,10 +422,10 @@ class FusedAssigner(Assigner):
         n_tasks = -(-n // rows)
         n_threads = min(self._threads(), n_tasks)
         while len(self._bufs) < n_threads:
-            self._bufs.append(np.empty(0, dtype=np.float32))
+            self._bufs.append(torch.empty(0))
         for t in range(n_threads):
-            if self._bufs[t].size < rows * k:
-                self._bufs[t] = np.empty(rows * k, dtype=np.float32)
+            if self._bufs[t].numel() < rows * k:
+                self._bufs[t] = torch.empty(rows * k)
         st0 = stats.numpy() if stats is not None else None
         if accumulate:
             while len(self._parts) < n_threads - 1:
@@ -440,12 +440,17 @@ class FusedAssigner(Assigner):
                 own.append(self._parts[t - 1])
         tasks = itertools.count()
         kernel, cs, cn, spherical = self._kernel, self._cs, self._cn, self.spherical
+        xt = torch.from_numpy(xn)
 
         def work(t: int) -> None:
+            # This worker's GEMMs run on one thread (torch's MKL, faster than numpy's OpenBLAS
+            # at these shapes); the caller's thread count is restored after the pass.
+            torch.set_num_threads(1)
             buf = self._bufs[t]
             s, c, obj = own[t]
             add_rows = accumulate and s.shape[0] > 0
             best = np.empty(rows, dtype=np.float32)
+            near = np.empty(rows, dtype=np.int32)
             norms = np.ones(rows, dtype=np.float32)  # spherical: the distance is 1 - x·c
             while True:
                 i = next(tasks)
@@ -454,13 +459,13 @@ class FusedAssigner(Assigner):
                 a = i * rows
                 b = min(a + rows, n)
                 xb = xn[a:b]
-                g = buf[: k * (b - a)].reshape(k, b - a)
-                np.matmul(cs, xb.T, out=g)
+                g = buf[: k * (b - a)].view(k, b - a)
+                torch.mm(cs, xt[a:b].T, out=g)
                 xx = norms[: b - a]
                 if not spherical:
                     np.einsum("ij,ij->i", xb, xb, out=xx)
                 obj[0] += kernel(
-                    g,
+                    g.numpy(),
                     xb,
                     xx,
                     cn,
@@ -472,13 +477,17 @@ class FusedAssigner(Assigner):
                     s,
                     c,
                     best,
+                    near,
                 )
 
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        previous = torch.get_num_threads()
+        try:
             if n_threads == 1:
                 work(0)
             else:
                 list(_pool(n_threads).map(work, range(n_threads)))
+        finally:
+            torch.set_num_threads(previous)  # MKL's count is process-wide: give it back
         total = 0.0
         for t, (_, c, obj) in enumerate(own):
             if st0 is not None and (t == 0 or not accumulate):

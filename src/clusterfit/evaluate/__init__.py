@@ -6,7 +6,7 @@ weighted kNN, low-shot SVMs, and the per-layer pooling to about 9k dimensions.
 
 from clusterfit.evaluate.features import pool_to_dims, pooled_size
 from clusterfit.evaluate.knn import knn_accuracy, knn_classify, knn_scores
-from clusterfit.evaluate.linear import linear_probe, stratified_split
+from clusterfit.evaluate.linear import linear_probe, linear_probes, stratified_split
 from clusterfit.evaluate.lowshot import lowshot_eval, sample_shots
 from clusterfit.evaluate.svm import average_precision, mean_average_precision, svm_map
 
@@ -16,6 +16,7 @@ __all__ = [
     "knn_classify",
     "knn_scores",
     "linear_probe",
+    "linear_probes",
     "lowshot_eval",
     "mean_average_precision",
     "pool_to_dims",

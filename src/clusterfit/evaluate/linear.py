@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,7 @@ __all__ = [
     "DEFAULT_N_UPDATES",
     "PRECISIONS",
     "linear_probe",
+    "linear_probes",
     "resolve_precision",
     "stratified_split",
 ]
@@ -598,3 +600,71 @@ def linear_probe(
     if return_predictions:
         out["predictions"] = np.unique(y_tr_raw)[np.concatenate(predicted)]
     return out
+
+
+def linear_probes(
+    features: Mapping[str, tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]],
+    y_train: np.ndarray | torch.Tensor,
+    y_test: np.ndarray | torch.Tensor,
+    *,
+    workers: int | None = None,
+    desc: str = "linear probes",
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """:func:`linear_probe` of each layer's features against the same labels, several layers at
+    a time: ``{layer: result}``, in the order of ``features``.
+
+    Args:
+        features: ``{layer: (X_train, X_test)}`` (N x D_layer and M x D_layer).
+        y_train, y_test: N and M labels, shared by every layer.
+        workers: layers probed at once on CPU (default ``torch.get_num_threads()``); each worker
+            thread runs its probe on one torch thread. 1, a GPU, or a single layer: one after
+            the other at the caller's thread count.
+        desc: the progress bar, one step per finished layer, when ``progress`` (in ``kwargs``)
+            is set and the layers run at once (one after the other each shows its own bars).
+        kwargs: :func:`linear_probe`'s keywords (rates, updates, seed, device, precision, ...).
+
+    The numbers are those of one :func:`linear_probe` call per layer: a probe's SGD gives the
+    same bits on one thread and on several (tests/evaluate/test_linear.py), so only the speed
+    changes. Each update of a probe is a handful of small operations whose threads meet at a
+    barrier; two probes on one thread each keep both cores busy with no barrier, about 10 %
+    faster than one probe on two threads at the bundled data's sizes
+    (``benchmarks/recipes.py`` per-stage seconds). Each result gets ``seconds``: its wall time.
+    """
+    layers = list(features)
+    n_workers = int(workers or torch.get_num_threads())
+    device = _resolve_device(kwargs.get("device"))
+    progress = bool(kwargs.pop("progress", True))
+
+    def one(layer: str, quiet: bool) -> dict[str, Any]:
+        if quiet:
+            torch.set_num_threads(1)
+        started = time.perf_counter()
+        x_tr, x_te = features[layer]
+        try:
+            res = linear_probe(
+                x_tr, y_train, x_te, y_test, progress=progress and not quiet, **kwargs
+            )
+        except ClusterFitError as e:  # say which layer
+            raise type(e)(f"layer {layer}: {e}") from e
+        res["seconds"] = round(time.perf_counter() - started, 2)
+        return res
+
+    if n_workers <= 1 or len(layers) <= 1 or device.type != "cpu":
+        return {layer: one(layer, False) for layer in layers}
+    # widest first, so that the last layer to start is a short one
+    order = sorted(layers, key=lambda la: -int(np.prod(features[la][0].shape)))
+    previous = torch.get_num_threads()
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        with (
+            ThreadPoolExecutor(min(n_workers, len(layers)), "linear-probe") as pool,
+            tqdm(total=len(layers), desc=desc, unit="layer", disable=not progress) as bar,
+        ):
+            futures = {pool.submit(one, layer, True): layer for layer in order}
+            for fut in as_completed(futures):
+                out[futures[fut]] = fut.result()
+                bar.update(1)
+    finally:
+        torch.set_num_threads(previous)  # MKL's thread count is process-wide: give it back
+    return {layer: out[layer] for layer in layers}

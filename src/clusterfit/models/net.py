@@ -200,6 +200,8 @@ class Net(nn.Module):
         # state_dict(), of .children() or of pickling (see __getstate__).
         self._extractors: dict[tuple[str, ...], tuple[tuple[int, ...], nn.Module]] = {}
         self._nodes: tuple[tuple[int, ...], list[str]] | None = None
+        # per tuple of layer names: (trunk signature, name -> node, node -> name asked, nodes)
+        self._plans: dict[tuple[str, ...], tuple] = {}
 
     # ---------------------------------------------------------------- description
     @property
@@ -352,11 +354,13 @@ class Net(nn.Module):
             )
         return matches[-1]
 
-    def _extractor(self, nodes: tuple[str, ...]) -> nn.Module:
+    def _extractor(
+        self, nodes: tuple[str, ...], signature: tuple[int, ...] | None = None
+    ) -> nn.Module:
         # The GraphModule shares the trunk's leaf modules (hence parameters and buffers), so it
         # follows in-place updates (optimizer steps, load_state_dict, .to()). If a parameter or
         # buffer object was replaced, the signature changes and the extractor is rebuilt.
-        signature = self._trunk_signature()
+        signature = signature or self._trunk_signature()
         cached = self._extractors.get(nodes)
         if cached is not None and cached[0] == signature:
             return cached[1]
@@ -401,16 +405,24 @@ class Net(nn.Module):
             out = self.trunk.forward_layers(self.prep(x), layers)
             return {name: out[name] for name in layers}
         # Several names may denote one node (res5 and the trunk output behind pool): ask the
-        # extractor for each node once, by the first name that resolves to it.
-        query = {name: (None if name == POOL else self._layers[name]) for name in layers}
-        resolved = {
-            name: self._graph_nodes()[-1] if q is None else self._resolve_node(q)
-            for name, q in query.items()
-        }
-        first: dict[str, str] = {}
-        for name, node in resolved.items():
-            first.setdefault(node, node if query[name] is None else query[name])
-        extractor = self._extractor(tuple(sorted(first.values())))
+        # extractor for each node once, by the first name that resolves to it. The names are
+        # resolved once per tuple of layers (and again if the trunk's tensors are replaced),
+        # not at every batch.
+        signature = self._trunk_signature()
+        plan = self._plans.get(tuple(layers))
+        if plan is None or plan[0] != signature:
+            query = {name: (None if name == POOL else self._layers[name]) for name in layers}
+            resolved = {
+                name: self._graph_nodes()[-1] if q is None else self._resolve_node(q)
+                for name, q in query.items()
+            }
+            first: dict[str, str] = {}
+            for name, node in resolved.items():
+                first.setdefault(node, node if query[name] is None else query[name])
+            plan = (signature, resolved, first, tuple(sorted(first.values())))
+            self._plans[tuple(layers)] = plan
+        _, resolved, first, nodes = plan
+        extractor = self._extractor(nodes, signature)
         extractor.train(self.training)
         out = extractor(self.prep(x))
         result: dict[str, torch.Tensor] = {}
@@ -451,6 +463,7 @@ class Net(nn.Module):
         # demand, so copies (copy.deepcopy, pickle) stay independent of the original.
         state = self.__dict__.copy()
         state["_extractors"] = {}
+        state["_plans"] = {}
         state["_nodes"] = None
         return state
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from clusterfit.config import (
 )
 from clusterfit.data import ImageSet, center_crop, load_dataset, to_float
 from clusterfit.errors import DataError
-from clusterfit.evaluate import knn_accuracy, linear_probe, lowshot_eval, pool_to_dims, svm_map
+from clusterfit.evaluate import knn_accuracy, linear_probes, lowshot_eval, pool_to_dims, svm_map
 from clusterfit.evaluate._common import l2_normalize
 from clusterfit.evaluate.linear import resolve_precision
 from clusterfit.features import compute_features
@@ -312,14 +311,16 @@ def probe_cell(
             )
             record(layer, "svm", "mAP", res["mAP"], dims=int(feats_train[layer].shape[1]))
         return records
-    for layer in pc.layers:
-        started = time.perf_counter()
-        res = linear_probe(
-            feats_train[layer], train_y, feats_test[layer], test_y, **linear_protocol(ctx)
-        )
+    probes = linear_probes(
+        {layer: (feats_train[layer], feats_test[layer]) for layer in pc.layers},
+        train_y,
+        test_y,
+        desc=f"linear probes: {m.name}",
+        **linear_protocol(ctx),
+    )
+    for layer, res in probes.items():
         extra = {k: v for k, v in res.items() if k not in ("top1", "top5")}
         extra["dims"] = int(feats_train[layer].shape[1])
-        extra["seconds"] = round(time.perf_counter() - started, 2)
         for metric in ("top1", "top5"):
             record(layer, "linear", metric, res[metric], **extra)
     if pc.knn:
