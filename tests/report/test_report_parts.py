@@ -154,3 +154,16 @@ def test_image_thumbnail_keeps_pixels_of_small_images(channels):
     thumb = np.asarray(thumbnail(data, 2))
     want = imgs[2].numpy()
     assert np.array_equal(thumb, want[0] if channels == 1 else want.transpose(1, 2, 0))
+
+
+def test_plot_colours_stay_distinct_past_ten_series():
+    """The default cycle repeats from the 11th series on; a figure of more series (the teacher
+    suite's has 14) takes 20 distinct colours, and up to ten it keeps the default cycle."""
+    from matplotlib.colors import to_hex
+
+    from clusterfit.report.plots import _palette
+
+    assert _palette(4) == ["C0", "C1", "C2", "C3"]
+    many = [to_hex(c) for c in _palette(20)]
+    assert len(set(many)) == 20
+    assert [to_hex(c) for c in _palette(25)][20:] == many[:5]

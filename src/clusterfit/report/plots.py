@@ -70,6 +70,28 @@ def _new_figure(n_panels: int) -> tuple[Any, list[Any]]:
     return fig, axes[:n_panels]
 
 
+def _palette(n: int) -> list[Any]:
+    """n colours, all distinct up to 20: matplotlib's default cycle (C0..C9) for up to 10
+    series, beyond that ``tab20``'s ten dark hues then their ten light shades (the default
+    cycle repeats its colours from the 11th on)."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"].colors  # pairs (dark, light) of ten hues
+    order = [*tab20[0::2], *tab20[1::2]]  # the ten dark hues first, then their light shades
+    return [order[i % 20] for i in range(n)]
+
+
+def _legend(ax: Any, entries: int) -> None:
+    """The legend inside the axes for a few entries; beside them (to the right) for more than
+    six, where an inside legend covers the lines."""
+    if entries > 6:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+
+
 def _series(aggs: list[Aggregate], exclude: str) -> dict[tuple, list[Aggregate]]:
     out: dict[tuple, list[Aggregate]] = {}
     for a in aggs:
@@ -86,6 +108,7 @@ def _layer_figure(aggs: list[Aggregate], path: Path, title: str, metric: str) ->
     layers = sorted({a.key["layer"] for m in series for a in m}, key=layer_rank)
     fig, (ax,) = _new_figure(1)
     varying = _varying([a for m in series for a in m], _SERIES_KEYS)
+    palette = _palette(len(series))
     for i, members in enumerate(series):
         members = sorted(members, key=lambda a: layer_rank(a.key["layer"]))
         xs = [layers.index(a.key["layer"]) for a in members]
@@ -95,7 +118,7 @@ def _layer_figure(aggs: list[Aggregate], path: Path, title: str, metric: str) ->
             yerr=[a.std for a in members],
             marker="o",
             capsize=3,
-            color=f"C{i % 10}",
+            color=palette[i],
             label=_label(members[0].key, varying),
         )
     ax.set_xticks(range(len(layers)), layers)
@@ -103,7 +126,7 @@ def _layer_figure(aggs: list[Aggregate], path: Path, title: str, metric: str) ->
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(series))
     fig.savefig(path, dpi=100)
     return path
 
@@ -128,8 +151,13 @@ def _sweep_figure(
     for ax, layer in zip(axes, panels, strict=True):
         xs_all: set[float] = set()
         baselines = []
-        colors = (f"C{i % 10}" for i in range(10**6))
-        for members in _series(by_layer[layer], exclude=x_key).values():
+        groups = _series(by_layer[layer], exclude=x_key).values()
+        n_lines = sum(
+            bool([a for a in m if a.key[x_key] is not None]) + sum(a.key[x_key] is None for a in m)
+            for m in groups
+        )
+        colors = iter(_palette(n_lines))
+        for members in groups:
             pts = sorted(
                 (a for a in members if a.key[x_key] is not None), key=lambda a: a.key[x_key]
             )
@@ -164,7 +192,7 @@ def _sweep_figure(
         ax.set_ylabel(f"{metric} (%)")
         ax.set_title(f"{title} — {layer}", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax, n_lines)
     fig.savefig(path, dpi=100)
     return path
 
