@@ -446,10 +446,10 @@ class FusedAssigner(Assigner):
         n_tasks = -(-n // rows)
         n_threads = min(self._threads(), n_tasks)
         while len(self._bufs) < n_threads:
-            self._bufs.append(torch.empty(0))
+            self._bufs.append(torch.empty(0, dtype=torch.float32))
         for t in range(n_threads):
             if self._bufs[t].numel() < rows * k:
-                self._bufs[t] = torch.empty(rows * k)
+                self._bufs[t] = torch.empty(rows * k, dtype=torch.float32)
         st0 = stats.numpy() if stats is not None else None
         if accumulate:
             while len(self._parts) < n_threads - 1:
