@@ -265,3 +265,31 @@ def test_blockwise_update_equals_the_float64_means(spherical):
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     assert n_split == 0 and cent.dtype == np.float32
     np.testing.assert_array_equal(cent, ref.astype(np.float32))
+
+
+def test_float32_npy_is_read_in_place_and_falls_back_to_pread(tmp_path, monkeypatch):
+    """A float32 .npy memmap's chunks are views of a private mapping of the file (no copy out
+    of the page cache), with each chunk's pages dropped once the next is asked for; where the
+    kernel refuses to populate a range the same chunks come from pread."""
+    import sys
+
+    X = np.random.default_rng(4).normal(size=(3000, 24)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    for refuse in (False, True):
+        if refuse:  # an advice the kernel does not know: EINVAL, as on kernels before 5.14
+            monkeypatch.setattr(rows_mod, "_POPULATE_READ", 9999)
+        rows = RawRows(np.load(path, mmap_mode="r"))
+        linux = sys.platform.startswith("linux")
+        assert (rows._mapped is not None) == linux
+        lo = rows._mapped.ctypes.data if linux else 0
+        hi = lo + (rows._mapped.nbytes if linux else 0)
+        src = RowSource.of_rows(rows, 100, 2800, 512, torch.device("cpu"))
+        got = []
+        for a, x in src.raw_chunks():
+            in_the_map = lo <= x.data_ptr() < hi
+            assert in_the_map == (linux and not refuse)
+            got.append((a, x.numpy().copy()))
+        assert [a for a, _ in got] == list(range(0, 2800, 512))
+        np.testing.assert_array_equal(np.concatenate([x for _, x in got]), X[100:2900])
+        assert (rows._mapped is None) == (refuse or not linux)
