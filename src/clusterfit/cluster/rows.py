@@ -2,7 +2,7 @@
 
 The paper clusters 200M items and refines on all of them (§3); here the rows of X are never
 converted as a whole. :class:`RawRows` reads any N x D float input chunk by chunk as float32
-tensors; a whole ``.npy`` memmap (as ``np.load(path, mmap_mode="r")`` returns) is read with
+tensors; a whole ``.npy`` memmap (as ``np.load(path, mmap_mode="r")`` returns) is read
 in place from a private mapping of the file (float32, Linux: the reader thread maps each
 chunk's pages ahead, and they are dropped once used) or with ``pread`` into reused buffers, so
 the file's pages never pile up in the resident set; other memmaps (views) are read through the
@@ -148,8 +148,10 @@ class RawRows:
     def read(self, start: int, stop: int, buf: np.ndarray | None = None) -> torch.Tensor:
         """Rows [start, stop) as a float32 tensor ((stop - start) x D) on X's device.
 
-        ``buf``: a reusable 1-D array of X's dtype with room for the rows; a whole ``.npy``
-        memmap is then read into it (no fresh pages to fault in), and the tensor is a view of it.
+        A whole float32 ``.npy`` memmap on Linux: a view of the private mapping, its pages mapped
+        now (call :meth:`release` when done with them). Otherwise ``buf``, a reusable 1-D array
+        of X's dtype with room for the rows: a whole ``.npy`` memmap is then read into it (no
+        fresh pages to fault in), and the tensor is a view of it.
         """
         if self._mapped is not None and self._advise(start, stop, _POPULATE_READ):
             return torch.from_numpy(self._mapped[start:stop])
