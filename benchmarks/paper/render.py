@@ -65,8 +65,15 @@ def once_per_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r["model"] == "random":
             arch = floor_arch(r)
-            key = (arch, r["seed"], r["layer"], r["target"], r["protocol"], r["metric"])
-            key += (r.get("shots"),)
+            key = (
+                arch,
+                r["seed"],
+                r["layer"],
+                r["target"],
+                r["protocol"],
+                r["metric"],
+                r.get("shots"),
+            )
             if key in seen:
                 continue
             seen.add(key)
@@ -74,6 +81,11 @@ def once_per_seed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 r = {**r, "model": f"random ({arch})"}
         out.append(r)
     return out
+
+
+def reading_lines(path: Path) -> list[str]:
+    """A suite's written reading (a markdown file kept beside its JSON), or nothing."""
+    return ["", path.read_text().strip()] if path.is_file() else []
 
 
 def machine_hours(doc: dict[str, Any]) -> tuple[float, bool]:
@@ -434,9 +446,7 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, list[str]], paths: Pat
         "",
         claims_table(doc["claims"]),
     ]
-    reading = paths.results_json.with_name(paths.results_json.stem + "_reading.md")
-    if reading.is_file():
-        lines += ["", reading.read_text().strip()]
+    lines += reading_lines(paths.results_json.with_name(paths.results_json.stem + "_reading.md"))
     lines += long_pre_lines(doc)
     lines += record_tables(doc, plots, md_dir)
     lines += ["", "## Notes", "", NOTES]
@@ -534,9 +544,7 @@ def overfit_section(
         png = doc.get("_gain_png")
         if png:
             lines.append(f"![gain against memorisation]({rel(png, md)})")
-    reading = REPO / "benchmarks" / "results" / "paper_overfit_reading.md"
-    if reading.is_file():
-        lines += ["", reading.read_text().strip()]
+    lines += reading_lines(REPO / "benchmarks" / "results" / "paper_overfit_reading.md")
     other = [c for c in doc["claims"] if c["id"] not in ("C1", "C2", "C4", "C5")]
     if other:
         lines += ["", "### Other claims in this regime", "", claims_table(other)]
@@ -580,9 +588,7 @@ def teacher_section(doc: dict[str, Any] | None, plots: dict[str, list[str]], md:
         "",
         claims_table(doc["claims"]),
     ]
-    reading = REPO / "benchmarks" / "results" / "paper_teacher_reading.md"
-    if reading.is_file():
-        lines += ["", reading.read_text().strip()]
+    lines += reading_lines(REPO / "benchmarks" / "results" / "paper_teacher_reading.md")
     lines += record_tables(doc, plots, md, level="###")
     return lines
 

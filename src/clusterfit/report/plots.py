@@ -150,30 +150,26 @@ def _sweep_figure(
     varying = _varying(aggs, [k for k in _SERIES_KEYS if k != x_key])
     for ax, layer in zip(axes, panels, strict=True):
         xs_all: set[float] = set()
-        baselines = []
-        groups = _series(by_layer[layer], exclude=x_key).values()
-        n_lines = sum(
-            bool([a for a in m if a.key[x_key] is not None]) + sum(a.key[x_key] is None for a in m)
+        groups = list(_series(by_layer[layer], exclude=x_key).values())
+        lines = [
+            sorted((a for a in m if a.key[x_key] is not None), key=lambda a: a.key[x_key])
             for m in groups
-        )
-        colors = iter(_palette(n_lines))
-        for members in groups:
-            pts = sorted(
-                (a for a in members if a.key[x_key] is not None), key=lambda a: a.key[x_key]
+        ]
+        lines = [pts for pts in lines if pts]
+        baselines = [a for m in groups for a in m if a.key[x_key] is None]
+        colors = iter(_palette(len(lines) + len(baselines)))
+        for pts in lines:
+            xs = [a.key[x_key] for a in pts]
+            xs_all.update(xs)
+            ax.errorbar(
+                xs,
+                [a.mean for a in pts],
+                yerr=[a.std for a in pts],
+                marker="o",
+                capsize=3,
+                color=next(colors),
+                label=_label(pts[0].key, varying),
             )
-            if pts:
-                xs = [a.key[x_key] for a in pts]
-                xs_all.update(xs)
-                ax.errorbar(
-                    xs,
-                    [a.mean for a in pts],
-                    yerr=[a.std for a in pts],
-                    marker="o",
-                    capsize=3,
-                    color=next(colors),
-                    label=_label(pts[0].key, varying),
-                )
-            baselines += [a for a in members if a.key[x_key] is None]
         for a in baselines:
             color = next(colors)
             ax.axhline(
@@ -192,7 +188,7 @@ def _sweep_figure(
         ax.set_ylabel(f"{metric} (%)")
         ax.set_title(f"{title} — {layer}", fontsize=10)
         ax.grid(alpha=0.3)
-        _legend(ax, n_lines)
+        _legend(ax, len(lines) + len(baselines))
     fig.savefig(path, dpi=100)
     return path
 
