@@ -19,6 +19,17 @@ from clusterfit.models.net import global_pool
 Pool = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _fresh_rows(n: int, d: int) -> np.ndarray:
+    """An uninitialised n x d float32 array, allocated by torch rather than numpy.
+
+    numpy asks the kernel for transparent huge pages on every large array; where huge pages
+    cannot be had at once (a fragmented or virtualised host, the default ``defrag=madvise``),
+    each first touch then tries to compact memory, and filling the array runs several times
+    slower (0.27 s against 0.03 s for 5000 x 9216 on the 2-core reference machine). torch's
+    allocation asks for no huge pages."""
+    return torch.empty((n, d), dtype=torch.float32).numpy()
+
+
 @torch.no_grad()
 def compute_features(
     net: Net,
@@ -82,8 +93,8 @@ def compute_features(
             if sink is not None:
                 sink(layer, block, feats.cpu().numpy())
                 continue
-            if layer not in out:
-                out[layer] = np.empty((len(rows), feats.shape[1]), dtype=np.float32)
+            if layer not in out:  # torch's allocation: see _fresh_rows
+                out[layer] = _fresh_rows(len(rows), feats.shape[1])
             lo_out = block.start - rows.start
             torch.from_numpy(out[layer][lo_out : lo_out + len(block)]).copy_(feats)
         bar.update(len(block))

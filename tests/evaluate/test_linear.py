@@ -384,3 +384,55 @@ def test_layers_probed_at_once_raise_a_layers_error():
     bad = {"ok": (x, x), "bad": (x, x[:, :4])}
     with pytest.raises(DataError, match="layer bad: X_train has 8 dims but X_test has 4"):
         linear_probes(bad, y, y, workers=2, n_updates=10, progress=False)
+
+
+@pytest.mark.parametrize("low", [False, True])
+def test_fused_sgd_step_equals_torch_sgd_with_momentum(low):
+    """One fused step is one step of torch.optim.SGD (momentum, weight decay, a rate per row)
+    to float32 rounding, with the gradient given in float32 or as bfloat16 bits; the bfloat16
+    copy of the new weights is torch's rounding bit for bit (ties to even included)."""
+    import torch
+
+    from clusterfit.evaluate.linear import _bits, _sgd_kernel
+
+    gen = torch.Generator().manual_seed(4)
+    r, d = 7, 301
+    grad = torch.randn(r, d, generator=gen)
+    if low:
+        grad = grad.bfloat16()
+    w = torch.randn(r, d, generator=gen)
+    buf = torch.randn(r, d, generator=gen)
+    lr = torch.rand(r, generator=gen)
+    lr[0] = 0.0  # row 0 keeps its weights: halfway values, to be rounded to the even neighbour
+    w[0, :4] = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 2.0 + 2**-7])
+    wd, m = 5e-4, 0.9
+    rows = [torch.nn.Parameter(w[i].clone()) for i in range(r)]
+    opt = torch.optim.SGD(
+        [{"params": [p], "lr": float(lr[i])} for i, p in enumerate(rows)],
+        momentum=m,
+        weight_decay=wd,
+    )
+    for i, p in enumerate(rows):
+        p.grad = grad[i].float()
+        opt.state[p]["momentum_buffer"] = buf[i].clone()
+    opt.step()
+    w_bits = torch.zeros(r, d, dtype=torch.bfloat16)
+    none16, none32 = np.zeros((0, 0), np.uint16), np.zeros((0, 0), np.float32)
+    got_w, got_buf = w.clone(), buf.clone()
+    _sgd_kernel()(
+        none32 if low else grad.numpy(),
+        _bits(grad) if low else none16,
+        got_w.numpy(),
+        got_buf.numpy(),
+        lr.numpy(),
+        np.float32(wd),
+        np.float32(m),
+        _bits(w_bits),
+    )
+    want_w = torch.stack([p.detach() for p in rows])
+    want_buf = torch.stack([opt.state[p]["momentum_buffer"] for p in rows])
+    np.testing.assert_allclose(got_buf.numpy(), want_buf.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_w.numpy(), want_w.numpy(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(got_w[0], w[0])
+    assert torch.equal(w_bits, got_w.bfloat16())
+    assert w_bits[0, :4].tolist() == [1.0, 1.0 + 2**-6, -1.0, 2.0]

@@ -11,6 +11,7 @@ from torch import nn
 
 from clusterfit.errors import ClusterFitError
 from clusterfit.models import Net, count_parameters, create_model, from_module
+from clusterfit.models.resnet_cifar import ResNetCifar
 
 
 def small_net(**kwargs) -> Net:
@@ -18,6 +19,23 @@ def small_net(**kwargs) -> Net:
     kw = {"depth": 10, "width": 4}
     kw.update(kwargs)
     return create_model("resnet_cifar", kw.pop("head_sizes", [4, 6]), **kw)
+
+
+class _TracedTrunk(ResNetCifar):
+    """A ResNetCifar with a forward of its own: not a plain Sequential, so Net.intermediates
+    goes through the cached FX extractor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for child in self.children():
+            x = child(x)
+        return x
+
+
+def traced_net() -> Net:
+    """A Net whose named layers come from the FX extractor (same layers as small_net)."""
+    torch.manual_seed(0)
+    trunk = _TracedTrunk(depth=10, width=4)
+    return from_module(trunk, {n: n for n in ("conv1", "res2", "res3", "res4", "res5")})
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -158,7 +176,7 @@ def _reference_res3(net: Net, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_cached_extractor_follows_weight_updates() -> None:
-    net = small_net()
+    net = traced_net()
     x = rand(4, 3, 16, 16)
     net.eval()
     before = net.intermediates(x, ["res3", "pool"])
@@ -183,7 +201,7 @@ def test_cached_extractor_follows_weight_updates() -> None:
 
     # load_state_dict copies in place; the cached extractor still follows
     torch.manual_seed(123)
-    other = create_model("resnet_cifar", [4, 6], depth=10, width=4)
+    other = from_module(_TracedTrunk(depth=10, width=4), net.layer_nodes)
     net.load_state_dict(other.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(
@@ -195,6 +213,39 @@ def test_cached_extractor_follows_weight_updates() -> None:
         conv = net.trunk.conv1[0]
         conv.weight = nn.Parameter(conv.weight * -1.0)
         torch.testing.assert_close(net.intermediates(x, ["res3"])["res3"], _reference_res3(net, x))
+
+
+def test_sequential_trunk_equals_fx_extractor_without_tracing() -> None:
+    """A plain Sequential trunk's layers are its children's outputs, bit for bit what the FX
+    extractor gives (same weights), in train and eval mode, and no graph is traced."""
+    seq = small_net()
+    traced = copy.deepcopy(seq)
+    traced.trunk.__class__ = _TracedTrunk  # the same modules and weights, its own forward
+    x = rand(4, 3, 16, 16)
+    names = ["res4", "conv1", "pool", "res2"]
+    for mode in (True, False):
+        seq.train(mode)
+        traced.train(mode)
+        with torch.no_grad():
+            got, want = seq.intermediates(x, names), traced.intermediates(x, names)
+        assert list(got) == names
+        for name in names:
+            assert torch.equal(got[name], want[name]), name
+        with torch.no_grad():  # (in train mode both update their BatchNorm statistics again)
+            assert torch.equal(got["pool"], seq.forward_features(x))
+            assert torch.equal(want["pool"], traced.forward_features(x))
+    assert seq._extractors == {} and seq._nodes is None
+    assert traced._extractors
+
+
+def test_sequential_trunk_stops_after_the_last_layer_asked() -> None:
+    net = small_net().eval()
+    ran: list[str] = []
+    for name, child in net.trunk.named_children():
+        child.register_forward_hook(lambda *_, name=name: ran.append(name))
+    with torch.no_grad():
+        net.intermediates(rand(2, 3, 16, 16), ["res3", "conv1"])
+    assert ran == ["conv1", "res2", "res3"]
 
 
 def test_intermediates_follow_train_mode() -> None:
@@ -210,7 +261,7 @@ def test_intermediates_follow_train_mode() -> None:
 
 
 def test_extractor_cache_is_not_state_and_copies_are_independent() -> None:
-    net = small_net().eval()
+    net = traced_net().eval()
     x = rand(2, 3, 16, 16)
     net.intermediates(x, ["res2", "res4"])
     assert net._extractors

@@ -44,6 +44,7 @@ Choices made here, beyond the paper:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -273,6 +274,58 @@ def _dual_is_cheaper(n: int, d: int, rows: int, n_updates: int, batch: int) -> b
     return dual < 0.5 * primal
 
 
+@functools.cache
+def _sgd_kernel() -> Callable[..., None]:
+    """The fused SGD step of the CPU probes (numba; compiled on first use, cached on disk).
+
+    ``sgd_step(grad, grad_bits, w, buf, lr, weight_decay, momentum, w_bits)`` does, row by row
+    and in one pass over the R x D float32 weights ``w`` and momentum ``buf`` (in place)::
+
+        buf = momentum * buf + (grad + weight_decay * w);  w = w - lr[row] * buf
+
+    PyTorch's SGD with momentum, the same operations as the torch ops it replaces (which make a
+    new R x D tensor for each and read it back: 3x the time of this pass at 30 x 9216). The
+    gradient is ``grad`` (R x D float32) or, when ``grad_bits`` has rows, the bfloat16 bits of a
+    bfloat16 product (R x D uint16, widened exactly here). When ``w_bits`` has rows, the new
+    weights are also rounded to bfloat16 (to nearest, ties to even, as torch) into it, for the
+    next update's logits.
+    """
+    import numba
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def sgd_step(grad, grad_bits, w, buf, lr, weight_decay, momentum, w_bits):  # type: ignore[no-untyped-def]
+        r, d = w.shape
+        low_in = grad_bits.shape[0] > 0
+        low_out = w_bits.shape[0] > 0
+        wide = np.empty(d, dtype=np.uint32)
+        wide_f = wide.view(np.float32)
+        out = np.empty(d, dtype=np.float32)
+        out_u = out.view(np.uint32)
+        one = np.uint32(1)
+        for i in range(r):
+            if low_in:
+                for j in range(d):
+                    wide[j] = np.uint32(grad_bits[i, j]) << np.uint32(16)
+            rate = lr[i]
+            for j in range(d):
+                g = wide_f[j] if low_in else grad[i, j]
+                step = (g + weight_decay * w[i, j]) + momentum * buf[i, j]
+                buf[i, j] = step
+                out[j] = w[i, j] - step * rate
+                w[i, j] = out[j]
+            if low_out:
+                for j in range(d):
+                    u = out_u[j]
+                    w_bits[i, j] = np.uint16((u + np.uint32(0x7FFF) + ((u >> 16) & one)) >> 16)
+
+    return sgd_step  # type: ignore[no-any-return]
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """The raw 16-bit patterns of a CPU bfloat16 tensor, as a numpy uint16 view."""
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
 def _train_stacked(
     z: torch.Tensor,
     y: torch.Tensor,
@@ -344,6 +397,17 @@ def _train_stacked(
     perm = torch.randperm(n, generator=gen).to(z.device)
     cpu = z.device.type == "cpu"
     state = {"step": 0, "pos": 0, "perm": perm, "buf_w": torch.zeros_like(w)}
+    # On CPU the weights' update is one fused pass (:func:`_sgd_kernel`), which also keeps the
+    # bfloat16 copy of the padded weights that the logits' product reads.
+    fused = cpu and not dual
+    if fused:
+        step_kernel = _sgd_kernel()
+        w_low = torch.zeros(padded, feats.shape[1], dtype=torch.bfloat16) if low else None
+        none16, none32 = np.zeros((0, 0), dtype=np.uint16), np.zeros((0, 0), dtype=np.float32)
+        w_np, buf_np = w.numpy(), state["buf_w"].numpy()
+        w_low_np = _bits(w_low[:rows]) if w_low is not None else none16
+        lr_np = [col.squeeze(1).numpy() for col in lr_cols]
+        wd32, m32 = np.float32(weight_decay), np.float32(momentum)
 
     def update() -> None:
         step, pos, perm = state["step"], state["pos"], state["perm"]
@@ -355,11 +419,24 @@ def _train_stacked(
         state["step"] = step + 1
         xb = feats.index_select(0, idx)
         if low:
-            logits = torch.mm(xb, w_pad.to(torch.bfloat16).t()).float().add_(b_pad)
+            w_bf16 = w_low if fused else w_pad.to(torch.bfloat16)
+            logits = torch.mm(xb, w_bf16.t()).float().add_(b_pad)
         else:
             logits = torch.addmm(b_pad, xb, w_pad.t())
         g = torch.softmax(logits[:, :rows].view(bs, n_lr, n_classes), dim=2)
         g = g.sub_(onehot.index_select(0, idx)).view(bs, rows).div_(bs)
+        lr = lr_cols[min(3 * step // n_updates, 2)]
+        buf_b.mul_(momentum).add_(g.sum(0))
+        b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
+        if fused:
+            if low:
+                gt = g.t().to(torch.bfloat16, memory_format=torch.contiguous_format)
+                grad, grad_bits = none32, _bits(torch.mm(gt, xb))
+            else:
+                grad, grad_bits = torch.mm(g.t(), xb).numpy(), none16
+            rate = lr_np[min(3 * step // n_updates, 2)]
+            step_kernel(grad, grad_bits, w_np, buf_np, rate, wd32, m32, w_low_np)
+            return
         if dual:  # the gradient's row combination: g^T on the batch's rows
             grad_w = w * weight_decay
             grad_w.index_add_(1, idx, g.t())
@@ -369,10 +446,7 @@ def _train_stacked(
             grad_w = torch.mm(g.t(), xb).add_(w, alpha=weight_decay)
         # buf = m * buf + grad, written into the fresh gradient tensor, which becomes the buffer
         buf_w = state["buf_w"] = grad_w.add_(state["buf_w"], alpha=momentum)
-        buf_b.mul_(momentum).add_(g.sum(0))
-        lr = lr_cols[min(3 * step // n_updates, 2)]
         w.addcmul_(buf_w, lr, value=-1.0)
-        b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
 
     with (
         _threads_for(bs * feats.shape[1] * rows if cpu else math.inf),

@@ -404,6 +404,9 @@ class Net(nn.Module):
         if isinstance(self.trunk, LayerTrunk):
             out = self.trunk.forward_layers(self.prep(x), layers)
             return {name: out[name] for name in layers}
+        children = self._sequential_children(layers)
+        if children is not None:
+            return self._sequential_intermediates(self.prep(x), layers, children)
         # Several names may denote one node (res5 and the trunk output behind pool): ask the
         # extractor for each node once, by the first name that resolves to it. The names are
         # resolved once per tuple of layers (and again if the trunk's tensors are replaced),
@@ -430,6 +433,37 @@ class Net(nn.Module):
             y = out[first[node]]
             result[name] = global_pool(y) if name == POOL else y
         return result
+
+    def _sequential_children(self, layers: list[str]) -> list[tuple[str, nn.Module]] | None:
+        """The trunk's children when it is a plain ``nn.Sequential`` (its own ``forward``) and
+        every asked layer is the output of one of them (or ``pool``); else None."""
+        trunk = self.trunk
+        if not isinstance(trunk, nn.Sequential) or type(trunk).forward is not nn.Sequential.forward:
+            return None
+        children = list(trunk.named_children())
+        names = {name for name, _ in children}
+        if not children or any(n != POOL and self._layers[n] not in names for n in layers):
+            return None
+        return children
+
+    def _sequential_intermediates(
+        self, h: torch.Tensor, layers: list[str], children: list[tuple[str, nn.Module]]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`intermediates` of a Sequential trunk: its children run one after the other,
+        up to the last one asked for, and their outputs are kept (the same tensors the FX
+        extractor returns, without tracing the trunk)."""
+        wanted = {self._layers[n] for n in layers if n != POOL}
+        last = (
+            len(children) - 1
+            if POOL in layers
+            else max(i for i, (name, _) in enumerate(children) if name in wanted)
+        )
+        kept: dict[str, torch.Tensor] = {}
+        for name, module in children[: last + 1]:
+            h = module(h)
+            if name in wanted:
+                kept[name] = h
+        return {n: global_pool(h) if n == POOL else kept[self._layers[n]] for n in layers}
 
     # ---------------------------------------------------------------- modification
     def reset_heads(self, head_sizes: Iterable[int], patches: int = 1) -> Net:
