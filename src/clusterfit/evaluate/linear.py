@@ -40,6 +40,10 @@ Choices made here, beyond the paper:
   is several times faster; the rounding it adds (relative 2^-9 per product input) is far below
   the noise of SGD and moves test top-1 by a few tenths of a point at most
   (``benchmarks/probe_precision.py`` measures it). ``"auto"`` picks it only on such hardware.
+* **The update on CPU.** Momentum, weight decay and the step of the stacked weights (and their
+  bfloat16 copy) are one compiled pass over the weights per update (``_sgd_kernel``), in place
+  of five torch operations that each write a fresh tensor: the same SGD, its numbers those of
+  the torch operations to float32 rounding.
 """
 
 from __future__ import annotations
