@@ -9,7 +9,13 @@ from sklearn.base import clone
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.datasets import make_blobs
 
-from clusterfit.cluster import KMeans, PerLabelKMeans, PrototypeClustering, prototype_clusters
+from clusterfit.cluster import (
+    KMeans,
+    PerLabelKMeans,
+    PrototypeClustering,
+    assign,
+    prototype_clusters,
+)
 from clusterfit.cluster import rows as rows_mod
 from clusterfit.cluster.assign import (
     FusedAssigner,
@@ -82,7 +88,12 @@ def test_fused_assignment_equals_brute_force(n, d, k, threads, spherical):
 @needs_numba
 @pytest.mark.parametrize("threads", [1, 2, 4])
 @pytest.mark.parametrize("with_sums", [True, False])
-def test_fused_pass_sums_counts_and_objective(threads, with_sums):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_fused_pass_sums_counts_and_objective(threads, with_sums, grouped, monkeypatch):
+    # grouped: the sums formed after each chunk, cluster range by cluster range (the path of
+    # large K x D on several workers), here forced at a small size
+    if grouped:
+        monkeypatch.setattr(assign, "_GROUPED_SUMS_ELEMS", 0)
     x, c = data(3001, 12, 40, False, seed=1)
     k = len(c)
     a = FusedAssigner(False, n_threads=threads, task_rows=256)
@@ -102,6 +113,32 @@ def test_fused_pass_sums_counts_and_objective(threads, with_sums):
     assert stats.numpy()[k] == pytest.approx(ref_dist.sum(), rel=1e-5)
     if sums is not None:
         np.testing.assert_allclose(sums.numpy(), ref_sums, rtol=1e-9, atol=1e-9)
+
+
+@needs_numba
+def test_grouped_sums_do_not_depend_on_the_worker_count(monkeypatch):
+    """Above the size threshold the sums of several workers are grouped by cluster, each
+    cluster's rows added in row order: the same bits on 2 and 3 workers, and the per-worker
+    sums below the threshold agree to float64 rounding."""
+    x, c = data(2000, 64, 300, False, seed=3)
+    k, d = c.shape
+
+    def pass_sums(threads: int) -> np.ndarray:
+        a = FusedAssigner(False, n_threads=threads, task_rows=256)
+        a.set_centroids(torch.from_numpy(c))
+        sums = torch.zeros((k, d), dtype=torch.float64)
+        stats = torch.zeros(k + 1, dtype=torch.float64)
+        a.start_pass(sums, stats)
+        a.accumulate(torch.from_numpy(x), sums, stats)
+        a.finish_pass(sums, stats)
+        assert all(p[0].shape[0] == 0 for p in a._spare) == a._grouped(sums, threads)
+        return sums.numpy()
+
+    monkeypatch.setattr(assign, "_GROUPED_SUMS_ELEMS", k * d)
+    two, three = pass_sums(2), pass_sums(3)
+    np.testing.assert_array_equal(two, three)
+    monkeypatch.setattr(assign, "_GROUPED_SUMS_ELEMS", k * d + 1)
+    np.testing.assert_allclose(pass_sums(2), two, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("spherical", [False, True])

@@ -332,6 +332,50 @@ def _norms_kernel() -> Callable[..., None]:
     return row_norms  # type: ignore[no-any-return]
 
 
+@functools.cache
+def _grouped_sums_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
+    """``group(labels, starts, order)`` and ``add_groups(x, order, starts, k0, k1, sums)``
+    (numba; compiled on first use, cached on disk): the centroid sums of a chunk after its
+    assignment, for centroid matrices too large to keep one float64 copy per worker.
+
+    ``group`` is a counting sort: ``starts`` (K + 1 int64, zeros on entry) becomes the offsets
+    of each label's rows in ``order`` (B int64), which lists the rows label by label, ascending
+    within a label. ``add_groups`` adds the rows of clusters ``k0 .. k1-1`` into their rows of
+    ``sums`` (K x D float64), each cluster's rows in row order: workers given disjoint ranges of
+    clusters write disjoint rows, and the sums do not depend on the number of workers."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def group(labels, starts, order):  # type: ignore[no-untyped-def]
+        for i in range(labels.shape[0]):
+            starts[labels[i] + 1] += 1
+        for c in range(1, starts.shape[0]):
+            starts[c] += starts[c - 1]
+        pos = starts[:-1].copy()
+        for i in range(labels.shape[0]):
+            lab = labels[i]
+            order[pos[lab]] = i
+            pos[lab] += 1
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def add_groups(x, order, starts, k0, k1, sums):  # type: ignore[no-untyped-def]
+        d = x.shape[1]
+        for c in range(k0, k1):
+            row = sums[c]
+            for p in range(starts[c], starts[c + 1]):
+                xi = x[order[p]]
+                for t in range(d):
+                    row[t] += xi[t]
+
+    return group, add_groups
+
+
+_GROUPED_SUMS_ELEMS = 1 << 18
+"""From K x D = 2^18 (a 2 MiB float64 copy of the sums per worker, more than a core's share of
+the cache), several workers leave the sums of a chunk to :func:`_grouped_sums_kernels`: no
+per-worker copy to zero and add up, and no row added into a sums matrix outside the cache."""
+
+
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
@@ -404,7 +448,8 @@ class FusedAssigner(Assigner):
         """Zero the per-thread sums and counts of workers 1.. (worker 0 adds into ``sums``)."""
         del stats
         n = self._threads()
-        shape = (self.k, self.d) if sums is not None else (0, self.d)
+        grouped = self._grouped(sums, n)
+        shape = (self.k, self.d) if sums is not None and not grouped else (0, self.d)
         kept = [p[0] for p in self._parts + self._spare if p[0].shape == shape]
         self._parts = []
         for i in range(n - 1):
@@ -412,11 +457,16 @@ class FusedAssigner(Assigner):
             s.fill(0.0)
             self._parts.append((s, np.zeros(self.k, dtype=np.int64), [0.0]))
 
+    def _grouped(self, sums: torch.Tensor | None, n_threads: int) -> bool:
+        """Whether the sums are formed after each chunk's assignment, cluster range by cluster
+        range (:data:`_GROUPED_SUMS_ELEMS`), rather than by each worker as it goes."""
+        return sums is not None and n_threads > 1 and self.k * self.d >= _GROUPED_SUMS_ELEMS
+
     def finish_pass(self, sums: torch.Tensor | None, stats: torch.Tensor) -> None:
         """Add the sums, counts and objective held by workers 1.. into the pass."""
         st = stats.numpy()
         for s, c, obj in self._parts:
-            if sums is not None:
+            if sums is not None and s.shape[0]:
                 sums.numpy()[...] += s
             st[: self.k] += c
             st[self.k] += obj[0]
@@ -451,14 +501,16 @@ class FusedAssigner(Assigner):
             if self._bufs[t].numel() < rows * k:
                 self._bufs[t] = torch.empty(rows * k, dtype=torch.float32)
         st0 = stats.numpy() if stats is not None else None
+        grouped = accumulate and self._grouped(sums, self._threads())
+        per_worker = sums is not None and not grouped  # each worker adds its rows as it goes
         if accumulate:
             while len(self._parts) < n_threads - 1:
-                s = np.zeros((self.k, self.d) if sums is not None else (0, self.d))
+                s = np.zeros((self.k, self.d) if per_worker else (0, self.d))
                 self._parts.append((s, np.zeros(self.k, dtype=np.int64), [0.0]))
         own: list[tuple[np.ndarray, np.ndarray, list[float]]] = []
         for t in range(n_threads):
             if t == 0 or not accumulate:
-                s = sums.numpy() if (sums is not None and t == 0) else np.zeros((0, self.d))
+                s = sums.numpy() if (per_worker and t == 0) else np.zeros((0, self.d))
                 own.append((s, np.zeros(k, dtype=np.int64), [0.0]))
             else:
                 own.append(self._parts[t - 1])
@@ -513,6 +565,8 @@ class FusedAssigner(Assigner):
                 list(_pool(n_threads).map(work, range(n_threads)))
         finally:
             torch.set_num_threads(previous)  # MKL's count is process-wide: give it back
+        if grouped and sums is not None:
+            self._add_grouped(xn, labels, sums.numpy(), n_threads)
         total = 0.0
         for t, (_, c, obj) in enumerate(own):
             if st0 is not None and (t == 0 or not accumulate):
@@ -520,3 +574,25 @@ class FusedAssigner(Assigner):
                 st0[k] += obj[0]
             total += obj[0]
         return labels, dists, total
+
+    def _add_grouped(
+        self, xn: np.ndarray, labels: np.ndarray, sums: np.ndarray, n_threads: int
+    ) -> None:
+        """Add the rows of ``xn`` (B x D) into ``sums`` (K x D float64) by ``labels``: grouped
+        by label, then each worker adds a range of clusters holding about B / n_threads rows."""
+        group, add_groups = _grouped_sums_kernels()
+        k = self.k
+        starts = np.zeros(k + 1, dtype=np.int64)
+        order = np.empty(len(labels), dtype=np.int64)
+        group(labels, starts, order)
+        cuts = np.searchsorted(starts, np.linspace(0, len(labels), n_threads + 1)[1:-1])
+        bounds = [0, *(int(c) for c in cuts), k]
+        ranges = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+        if len(ranges) == 1:
+            add_groups(xn, order, starts, 0, k, sums)
+            return
+        jobs = [
+            _pool(n_threads).submit(add_groups, xn, order, starts, a, b, sums) for a, b in ranges
+        ]
+        for job in jobs:
+            job.result()
