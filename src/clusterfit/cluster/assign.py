@@ -415,7 +415,9 @@ class FusedAssigner(Assigner):
     ``n_threads`` workers (default ``torch.get_num_threads()``) take tasks of
     :func:`fused_task_rows` rows in turn; each owns its GEMM buffer, its per-cluster sums
     (float64, K x D) and counts; torch runs single-threaded inside the tasks. Sums of worker 0 go
-    straight into the pass's ``sums``; the others are added in :meth:`finish_pass`.
+    straight into the pass's ``sums``; the others are added in :meth:`finish_pass`. From K x D =
+    :data:`_GROUPED_SUMS_ELEMS` on several workers, the workers keep no sums: each chunk's rows
+    are added after its assignment, grouped by cluster, a range of clusters per worker.
     """
 
     def __init__(

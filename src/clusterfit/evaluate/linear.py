@@ -288,7 +288,7 @@ def _sgd_kernel() -> Callable[..., None]:
         buf = momentum * buf + (grad + weight_decay * w);  w = w - lr[row] * buf
 
     PyTorch's SGD with momentum, the same operations as the torch ops it replaces (which make a
-    new R x D tensor for each and read it back: 3x the time of this pass at 30 x 9216). The
+    new R x D tensor for each and read it back: 2.5x the time of this pass at 30 x 9216). The
     gradient is ``grad`` (R x D float32) or, when ``grad_bits`` has rows, the bfloat16 bits of a
     bfloat16 product (R x D uint16, widened exactly here). When ``w_bits`` has rows, the new
     weights are also rounded to bfloat16 (to nearest, ties to even, as torch) into it, for the
