@@ -161,16 +161,18 @@ def test_torch_blocked_assignment_equals_brute_force(spherical, block_elems):
 
 
 def test_fused_task_rows():
-    assert fused_task_rows(1000) == 512
-    assert fused_task_rows(256) == 1024
-    assert fused_task_rows(4096) == 256
-    assert fused_task_rows(1) == 1024 and fused_task_rows(10**7) == 256
-    # 8 MiB of centroids or more: 1024-row tasks amortise packing them ...
-    assert fused_task_rows(4096, 2048) == 1024 and fused_task_rows(1000, 512) == 512
+    assert fused_task_rows(1000) == 2048
+    assert fused_task_rows(256) == 2048
+    assert fused_task_rows(4096) == 512
+    assert fused_task_rows(1) == 2048 and fused_task_rows(10**7) == 256
+    # 8 MiB of centroids or more: at least 1024-row tasks amortise packing them ...
+    assert fused_task_rows(4096, 2048) == 1024 and fused_task_rows(1000, 512) == 2048
+    assert fused_task_rows(256, 8192) == 2048
     # ... unless that leaves fewer than 4 tasks per worker
     assert fused_task_rows(4096, 2048, n=10_000, threads=2) == 1024
     assert fused_task_rows(4096, 2048, n=5_000, threads=2) == 512
     assert fused_task_rows(256, 8, n=1000, threads=2) == 256
+    assert fused_task_rows(1000, 128, n=100_000, threads=2) == 2048
 
 
 @needs_numba
