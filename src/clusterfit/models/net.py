@@ -456,7 +456,7 @@ class Net(nn.Module):
         last = (
             len(children) - 1
             if POOL in layers
-            else max(i for i, (name, _) in enumerate(children) if name in wanted)
+            else max((i for i, (name, _) in enumerate(children) if name in wanted), default=-1)
         )
         kept: dict[str, torch.Tensor] = {}
         for name, module in children[: last + 1]:
