@@ -429,17 +429,16 @@ def _train_stacked(
             logits = torch.addmm(b_pad, xb, w_pad.t())
         g = torch.softmax(logits[:, :rows].view(bs, n_lr, n_classes), dim=2)
         g = g.sub_(onehot.index_select(0, idx)).view(bs, rows).div_(bs)
-        lr = lr_cols[min(3 * step // n_updates, 2)]
+        third = min(3 * step // n_updates, 2)
+        lr = lr_cols[third]
         buf_b.mul_(momentum).add_(g.sum(0))
         b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
         if fused:
             if low:
-                gt = g.t().to(torch.bfloat16, memory_format=torch.contiguous_format)
-                grad, grad_bits = none32, _bits(torch.mm(gt, xb))
+                grad, grad_bits = none32, _bits(torch.mm(g.t().to(torch.bfloat16), xb))
             else:
                 grad, grad_bits = torch.mm(g.t(), xb).numpy(), none16
-            rate = lr_np[min(3 * step // n_updates, 2)]
-            step_kernel(grad, grad_bits, w_np, buf_np, rate, wd32, m32, w_low_np)
+            step_kernel(grad, grad_bits, w_np, buf_np, lr_np[third], wd32, m32, w_low_np)
             return
         if dual:  # the gradient's row combination: g^T on the batch's rows
             grad_w = w * weight_decay
