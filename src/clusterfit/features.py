@@ -24,9 +24,10 @@ def _fresh_rows(n: int, d: int) -> np.ndarray:
 
     numpy asks the kernel for transparent huge pages on every large array; where huge pages
     cannot be had at once (a fragmented or virtualised host, the default ``defrag=madvise``),
-    each first touch then tries to compact memory, and filling the array runs several times
-    slower (0.27 s against 0.03 s for 5000 x 9216 on the 2-core reference machine). torch's
-    allocation asks for no huge pages."""
+    each first touch then tries to compact memory. On the 2-core reference machine filling a
+    fresh 5000 x 9216 array took 0.02-0.03 s when huge pages were granted and 0.27 s when not,
+    from one process to the next; torch's allocation, which asks for none, took 0.03-0.05 s
+    every time (``benchmarks/kernels.py``). The steady figure is kept."""
     return torch.empty((n, d), dtype=torch.float32).numpy()
 
 

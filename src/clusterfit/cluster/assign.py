@@ -395,9 +395,10 @@ def fused_task_rows(k: int, d: int = 0, n: int = 0, threads: int = 1) -> int:
 
     The power of two at or below 2^21 / K, in [256, 2048]: an 8 MiB or smaller block of scores.
     Each task's GEMM packs the whole K x D centroid matrix again, so longer tasks amortise that
-    copy; on the 2-core reference machine that outweighs keeping the block in a core's 2 MiB
-    cache (an assignment pass at K=1000, D=128 took 0.94x the time with 2048-row tasks as with
-    512-row ones, at D=512 0.97-1.0x, and at K=256 the length made no difference). From
+    copy; on the 2-core reference machine that mostly outweighs keeping the block in a core's
+    2 MiB cache (``benchmarks/kernels.py``: an assignment pass at K=1000, D=128 takes 0.94-0.97x
+    the time with 2048-row tasks as with 512-row ones; at D=512 0.95x on one thread but 1.0-1.05x
+    on two; at K=256 the length moves it by at most 3 %). From
     8 MiB of centroids (K·D >= 2^21) tasks take at least 1024 rows. With ``n`` rows to share
     among ``threads`` workers, tasks shrink (not below 256) until there are at least 4 per
     worker.
