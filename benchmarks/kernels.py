@@ -1,6 +1,7 @@
 """The inner pieces behind the k-means and probe figures, each timed against its alternative.
 
-(a) One fused k-means assignment pass (``FusedAssigner.accumulate``, sums included) over
+(a) One fused k-means assignment pass (``FusedAssigner.accumulate``, sums included, the
+    float32 screen whose GEMM the task length shapes) over
     2^26 / D random rows, by rows per task (256 .. 2048; ``fused_task_rows`` picks one), at
     K=1000 with D=128 and D=512, and K=D=256 (the streamed case).
 (b) The same pass at D=2048, K=4096 on several threads, with the centroid sums grouped by
@@ -61,7 +62,7 @@ def assignment_pass(
 
     d = x.shape[1]
     pick = np.random.default_rng(1).choice(len(x), k, replace=False)
-    assigner = FusedAssigner(False, n_threads=threads, task_rows=task_rows)
+    assigner = FusedAssigner(False, n_threads=threads, task_rows=task_rows, screen="float32")
     assigner.set_centroids(x[torch.from_numpy(pick)])
     sums = torch.zeros((k, d), dtype=torch.float64)
     stats = torch.zeros(k + 1, dtype=torch.float64)

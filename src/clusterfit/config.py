@@ -169,6 +169,9 @@ class ClusterConfig:
     # auto (torch on CUDA; on CPU fused when numba is installed, else faiss, else torch) |
     # fused (cache-blocked CPU assignment fused with the centroid sums) | faiss | torch
     backend: str = "auto"
+    # the fused backend's GEMM: auto (bfloat16 where the CPU has AMX) | bfloat16 (near-ties
+    # re-checked in float64: exact labels) | float32
+    screen: str = "auto"
     subsample: float | None = None  # a fraction (<= 1) or a count of points to train on
     refine_iter: int = 0  # more iterations over all points after training on the subsample
     pca_dim: int | None = None
@@ -308,6 +311,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.method": ("kmeans", "per_label", "prototype"),
     "cluster.init": ("random", "k-means++"),
     "cluster.backend": ("auto", "fused", "faiss", "torch"),
+    "cluster.screen": ("auto", "bfloat16", "float32"),
     "extract.precision": ("float32", "bfloat16", "float16"),
     "extract.dtype": ("float32", "float16"),
     "probe.precision": ("auto", "float32", "bfloat16"),

@@ -23,10 +23,14 @@ from clusterfit.cluster.assign import (
     fused_task_rows,
     nearest_centroid,
     numba_available,
+    resolve_screen,
+    screen_margins,
 )
 from clusterfit.cluster.rows import RawRows, RowSource
+from clusterfit.errors import ConfigError
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba missing")
+SCREENS = ("float32", "bfloat16")  # FusedAssigner's GEMMs, both tested on every CPU
 
 
 def brute_force(x: np.ndarray, c: np.ndarray, spherical: bool):
@@ -75,28 +79,31 @@ SHAPES = [(1000, 16, 10), (1537, 8, 700), (777, 1, 5), (300, 33, 1), (2049, 64, 
 
 
 @needs_numba
+@pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("spherical", [False, True])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize(("n", "d", "k"), SHAPES)
-def test_fused_assignment_equals_brute_force(n, d, k, threads, spherical):
+def test_fused_assignment_equals_brute_force(n, d, k, threads, spherical, screen):
     if spherical and d == 1:
         pytest.skip("one dimension: every unit row is +-1")
     x, c = data(n, d, k, spherical)
-    check_against_brute_force(FusedAssigner(spherical, n_threads=threads), x, c, spherical)
+    a = FusedAssigner(spherical, n_threads=threads, screen=screen)
+    check_against_brute_force(a, x, c, spherical)
 
 
 @needs_numba
+@pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("threads", [1, 2, 4])
 @pytest.mark.parametrize("with_sums", [True, False])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_fused_pass_sums_counts_and_objective(threads, with_sums, grouped, monkeypatch):
+def test_fused_pass_sums_counts_and_objective(threads, with_sums, grouped, screen, monkeypatch):
     # grouped: the sums formed after each chunk, cluster range by cluster range (the path of
     # large K x D on several workers), here forced at a small size
     if grouped:
         monkeypatch.setattr(assign, "_GROUPED_SUMS_ELEMS", 0)
     x, c = data(3001, 12, 40, False, seed=1)
     k = len(c)
-    a = FusedAssigner(False, n_threads=threads, task_rows=256)
+    a = FusedAssigner(False, n_threads=threads, task_rows=256, screen=screen)
     a.set_centroids(torch.from_numpy(c))
     sums = torch.zeros((k, 12), dtype=torch.float64) if with_sums else None
     stats = torch.zeros(k + 1, dtype=torch.float64)
@@ -139,6 +146,140 @@ def test_grouped_sums_do_not_depend_on_the_worker_count(monkeypatch):
     np.testing.assert_array_equal(two, three)
     monkeypatch.setattr(assign, "_GROUPED_SUMS_ELEMS", k * d + 1)
     np.testing.assert_allclose(pass_sums(2), two, rtol=1e-12, atol=1e-12)
+
+
+def exact_argmin(x: np.ndarray, c: np.ndarray, spherical: bool) -> np.ndarray:
+    """The nearest centroid by float64 distances formed as the screen's re-check forms them
+    (sum of squared differences, or -x·c), first index on exact ties."""
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    if spherical:
+        return np.argmin(-(x64 @ c64.T), axis=1)
+    return np.argmin(((x64[:, None, :] - c64[None, :, :]) ** 2).sum(-1), axis=1)
+
+
+def hard_cases(seed: int = 0):
+    """(name, x, c, spherical): data on which a coarse screen sees many near-ties."""
+    rng = np.random.default_rng(seed)
+    out = []
+    # no cluster structure: every row nearly equidistant from many centroids
+    x = rng.standard_normal((1500, 48)).astype(np.float32)
+    c = rng.standard_normal((200, 48)).astype(np.float32) * 0.3
+    out.append(("gaussian", x, c, False))
+    # a large common offset (post-ReLU-like features) and duplicated centroids (exact ties)
+    x = (np.abs(rng.standard_normal((1200, 64))) + 20.0).astype(np.float32)
+    c = x[rng.choice(len(x), 90, replace=False)] + 0.01
+    c[7] = c[3]
+    c[50] = c[3]
+    out.append(("offset+duplicates", x, c.astype(np.float32), False))
+    # centroids that are rows: distance 0 for some, and a wide dynamic range of norms
+    x = (rng.standard_normal((1000, 32)) * np.exp(rng.uniform(-4, 4, (1000, 1)))).astype(np.float32)
+    out.append(("rows+scales", x, x[:77].copy(), False))
+    xs = rng.standard_normal((1300, 40)).astype(np.float32)
+    xs /= np.linalg.norm(xs, axis=1, keepdims=True)
+    cs = xs[rng.choice(len(xs), 150, replace=False)] + 0.05 * rng.standard_normal((150, 40))
+    cs = (cs / np.linalg.norm(cs, axis=1, keepdims=True)).astype(np.float32)
+    cs[9] = cs[4]
+    out.append(("spherical", xs, cs, True))
+    return out
+
+
+@needs_numba
+@pytest.mark.parametrize("case", range(4))
+def test_bfloat16_screen_gives_the_exact_nearest_centroid(case):
+    """The bfloat16 screen re-checks every near-tie in float64: each label is the exact nearest
+    centroid (first index on exact ties), its distance exact, and neither depends on the worker
+    count or the task length."""
+    name, x, c, spherical = hard_cases()[case]
+    ref = exact_argmin(x, c, spherical)
+    runs = []
+    for threads, task_rows in ((1, 256), (3, 512), (2, None)):
+        a = FusedAssigner(spherical, n_threads=threads, task_rows=task_rows, screen="bfloat16")
+        a.set_centroids(torch.from_numpy(c))
+        lab, dist = a.assign(torch.from_numpy(x))
+        np.testing.assert_array_equal(lab.numpy(), ref, err_msg=name)
+        runs.append(dist.numpy())
+    x64, c64 = x.astype(np.float64), c[ref].astype(np.float64)
+    exact = 1.0 - (x64 * c64).sum(1) if spherical else ((x64 - c64) ** 2).sum(1)
+    np.testing.assert_allclose(runs[0], exact, rtol=1e-6, atol=1e-30)
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
+@needs_numba
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("d", [3, 64, 700, 2048])
+def test_screen_error_bound_holds_for_torch_bfloat16_gemm(d, spherical):
+    """``screen_margins``' bound against the GEMM it bounds: every score of torch's bfloat16
+    product (and of its float32 one) lies within the bound of the exact float64 value, on rows
+    chosen to make the rounding worst (near-parallel rows and centroids, a common offset, norms
+    over eight orders of magnitude)."""
+    rng = np.random.default_rng(d)
+    k = 64
+    base = rng.standard_normal((1, d))
+    c = base + 0.05 * rng.standard_normal((k, d))
+    x = np.concatenate(
+        [
+            base + 0.05 * rng.standard_normal((300, d)),  # near-parallel to the centroids
+            rng.standard_normal((300, d)) * np.exp(rng.uniform(-9, 9, (300, 1))),
+            np.abs(rng.standard_normal((300, d))) + 5.0,
+        ]
+    ).astype(np.float32)
+    c = c.astype(np.float32)
+    if spherical:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        c /= np.linalg.norm(c, axis=1, keepdims=True)
+    a = FusedAssigner(spherical, screen="bfloat16")
+    a.set_centroids(torch.from_numpy(c))
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    xp = x - a._mu  # as the screen centres them, in float32
+    for low in (True, False):
+        if low:
+            xb = torch.from_numpy(np.ascontiguousarray(xp)).to(torch.bfloat16)
+            g = torch.mm(a._cs16, xb.T).float().numpy()
+            cn, rn = a._cn16, np.linalg.norm(xp.astype(np.float64), axis=1)
+        else:
+            g = torch.mm(a._cs, torch.from_numpy(x).T).numpy()
+            cn, rn = a._cn, np.linalg.norm(x64, axis=1)
+        f = cn[:, None] + g  # K x B, as the kernel forms it (float32)
+        if spherical:
+            exact = -(c64 @ x64.T)
+        else:
+            sq = ((x64[None, :, :] - c64[:, None, :]) ** 2).sum(-1)
+            exact = (
+                sq - (xp.astype(np.float64) ** 2).sum(1)[None, :]
+                if low
+                else sq - (x64**2).sum(1)[None, :]
+            )
+        aa, bb, cc = a._bounds[low]
+        margin = aa * rn + bb + cc * rn * rn
+        err = np.abs(f.astype(np.float64) - exact)
+        assert (err <= margin[None, :]).all(), (low, float((err / margin[None, :]).max()))
+
+
+@needs_numba
+def test_screen_falls_back_to_float32_on_near_ties_with_exact_labels():
+    """Unstructured low-dimensional data leaves near-ties everywhere: after the first task the
+    pass screens in float32, and the labels are still the exact nearest centroids."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4000, 4)).astype(np.float32)
+    c = (rng.standard_normal((600, 4)) * 0.2).astype(np.float32)
+    a = FusedAssigner(False, n_threads=1, task_rows=256, screen="bfloat16")
+    a.set_centroids(torch.from_numpy(c))
+    lab, _ = a.assign(torch.from_numpy(x))
+    assert not a._screen_low
+    np.testing.assert_array_equal(lab.numpy(), exact_argmin(x, c, False))
+    a.set_centroids(torch.from_numpy(c))  # each new set of centroids tries bfloat16 again
+    assert a._screen_low
+
+
+def test_screen_values():
+    assert resolve_screen("float32") == "float32"
+    assert resolve_screen("auto") in SCREENS
+    with pytest.raises(ConfigError, match="screen"):
+        resolve_screen("int8")
+    with pytest.raises(ConfigError, match="screen"):
+        KMeans(3, screen="fp16").fit(np.zeros((10, 2), dtype=np.float32))
+    assert screen_margins(256, False, True)[0] > screen_margins(256, False, False)[0] > 0
 
 
 @pytest.mark.parametrize("spherical", [False, True])

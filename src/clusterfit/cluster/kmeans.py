@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from clusterfit import distributed as cfdist
 from clusterfit.cluster.assign import (
+    SCREENS,
     Assigner,
     FaissAssigner,
     FusedAssigner,
@@ -114,6 +115,11 @@ class KMeans(ClusterMixin, BaseEstimator):
         with the centroid sums, :class:`~clusterfit.cluster.assign.FusedAssigner`), ``"faiss"``
         or ``"torch"`` (the GPU path). Under torch.distributed every backend works on its shard
         and all-reduces (faiss and fused need a CPU / gloo group).
+    screen: the fused backend's GEMM: ``"bfloat16"`` (AMX tiles, 5-8x the float32 rate; every
+        near-tie it cannot settle is re-checked in float64, so each label is the exact nearest
+        centroid), ``"float32"`` (the plain float32 GEMM, labels exact to its rounding) or
+        ``"auto"`` (bfloat16 where the CPU has AMX). See
+        :class:`~clusterfit.cluster.assign.FusedAssigner`.
     device: torch device for the torch backend (default: X's device if X is a tensor, else CPU).
         With the faiss backend and a CUDA device, faiss-gpu searches on GPU 0. The fused backend
         runs on CPU with ``torch.get_num_threads()`` threads.
@@ -156,6 +162,7 @@ class KMeans(ClusterMixin, BaseEstimator):
         seed: int = 0,
         init: str | np.ndarray | torch.Tensor = "random",
         backend: str = "auto",
+        screen: str = "auto",
         device: str | torch.device | None = None,
         subsample: int | float | None = None,
         refine_iter: int = 0,
@@ -170,6 +177,7 @@ class KMeans(ClusterMixin, BaseEstimator):
         self.seed = seed
         self.init = init
         self.backend = backend
+        self.screen = screen
         self.device = device
         self.subsample = subsample
         self.refine_iter = refine_iter
@@ -196,6 +204,8 @@ class KMeans(ClusterMixin, BaseEstimator):
             raise ConfigError(f"init must be one of {_INITS} or a K x D array, got {self.init!r}")
         if self.backend not in _BACKENDS:
             raise ConfigError(f"backend must be one of {_BACKENDS}, got {self.backend!r}")
+        if self.screen not in SCREENS:
+            raise ConfigError(f"screen must be one of {SCREENS}, got {self.screen!r}")
         s = self.subsample
         if s is not None and not (
             (is_int(s) and s >= 1) or (isinstance(s, float) and 0.0 < s <= 1.0)
@@ -261,7 +271,7 @@ class KMeans(ClusterMixin, BaseEstimator):
         if self.backend_ == "faiss":
             return FaissAssigner(self.spherical, self._faiss_gpu)
         if self.backend_ == "fused":
-            return FusedAssigner(self.spherical)
+            return FusedAssigner(self.spherical, screen=self.screen)
         return TorchAssigner(self.spherical)
 
     def _to_space(self, x: torch.Tensor) -> torch.Tensor:

@@ -189,6 +189,7 @@ class PerLabelKMeans(ClusterMixin, BaseEstimator):
         seed: int = 0,
         init: str = "random",
         backend: str = "auto",
+        screen: str = "auto",
         device: str | torch.device | None = None,
         chunk_size: int | None = None,
         progress: bool = True,
@@ -199,6 +200,7 @@ class PerLabelKMeans(ClusterMixin, BaseEstimator):
         self.seed = seed
         self.init = init
         self.backend = backend
+        self.screen = screen
         self.device = device
         self.chunk_size = chunk_size
         self.progress = progress
@@ -215,6 +217,7 @@ class PerLabelKMeans(ClusterMixin, BaseEstimator):
             spherical=self.spherical,
             init=self.init,
             backend=self.backend,
+            screen=self.screen,
             device=self.device,
             chunk_size=self.chunk_size,
         )

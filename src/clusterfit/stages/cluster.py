@@ -75,6 +75,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
             seed=cfg.seed,
             init=c.init,
             backend=c.backend,
+            screen=c.screen,
             device=str(ctx.device),
             subsample=c.subsample,
             refine_iter=c.refine_iter,
@@ -94,6 +95,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
             n_iter=c.n_iter,
             spherical=c.spherical,
             backend=c.backend,
+            screen=c.screen,
             device=str(ctx.device),
             progress=ctx.progress,
         )
