@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clusterfit.cli import main
+from clusterfit.cluster.assign import resolve_screen
 from clusterfit.cluster.kmeans import KMeans
 from clusterfit.config import load_config
 from clusterfit.errors import ConfigError
@@ -29,6 +30,10 @@ def test_backend_choices() -> None:
         assert load_config(overrides=[f"cluster.backend={name}"]).cluster.backend == name
     with pytest.raises(ConfigError, match=r"cluster\.backend"):
         load_config(overrides=["cluster.backend=numba"])
+    for name in ("auto", "bfloat16", "float32"):
+        assert load_config(overrides=[f"cluster.screen={name}"]).cluster.screen == name
+    with pytest.raises(ConfigError, match=r"cluster\.screen"):
+        load_config(overrides=["cluster.screen=int8"])
 
 
 @pytest.mark.parametrize(
@@ -51,6 +56,7 @@ def test_cluster_stage_uses_the_backend(
         assert main([stage, *args]) == 0
     stats = json.loads((tmp_path / "demo" / "clusters" / "stats.json").read_text())
     assert stats["backend"] == expected
+    assert stats.get("screen") == (resolve_screen("auto") if expected == "fused" else None)
     assert used == [expected]
 
     used.clear()

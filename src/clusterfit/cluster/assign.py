@@ -389,14 +389,17 @@ def _screen_kernels() -> tuple[Callable[..., None], Callable[..., tuple[float, i
     norms ``||x - mu||``.
 
     ``screen(g16, g32, x, c, cn, rn, a, b, cc, spherical, count, add_rows, labels, dists, sums,
-    counts, m1, m2, near, ev, flagged, lim, wide)``: the scores ``f[j, i] = cn[j] + g[j, i]``
-    (g: K x B, the bfloat16 bits ``g16`` or, when it has no rows, the float32 ``g32``) are within
-    ``E_i = a·rn[i] + b + cc·rn[i]²`` of the exact ``||x_i - c_j||² - ||x_i - mu||²`` (plain) or
-    ``-x_i·c_j`` (spherical). A row whose two lowest scores are more than ``2·E_i`` apart takes the
-    lowest; every other row re-computes, in float64, the exact distance of each centroid whose
-    score is within ``2·E_i`` of its lowest and takes the nearest (ties: the lowest index). Either
-    way the label is the exact nearest centroid, whatever screened it. Then, as :func:`_kernel`:
-    labels, distances (exact), counts and sums. Returns (objective, rows re-checked, exact
+    counts, m1, m2, m3, near, near2, ev, flagged, lim, wide)`` (the last nine: B-long scratch):
+    the scores ``f[j, i] = cn[j] + g[j, i]`` (g: K x B, the bfloat16 bits ``g16`` or, when it has
+    no rows, the float32 ``g32``) are within ``E_i = a·rn[i] + b + cc·rn[i]²`` of the exact
+    ``||x_i - c_j||² - ||x_i - mu||²`` (plain) or ``-x_i·c_j`` (spherical). So the nearest
+    centroid is among those scoring within ``2·E_i`` of the row's lowest score. One pass over the
+    scores keeps each row's three lowest and where the two lowest are: a row with one or two
+    centroids within ``2·E_i`` computes their distances exactly (float64 sums of squared
+    differences, or of products); every other row goes through all K scores again for its
+    candidates. Each row takes the candidate nearest by exact distance (ties: the lowest index):
+    the exact nearest centroid, whatever screened it. Then, as :func:`_kernel`: labels, distances
+    (exact), counts and sums. Returns (objective, rows that went through all scores again, exact
     distances computed).
     """
     import numba
@@ -575,6 +578,7 @@ class _ScreenScratch:
     """One worker's buffers for the screened assignment of tasks of up to ``rows`` rows."""
 
     def __init__(self, rows: int, d: int, k: int) -> None:
+        self.shape = (rows, d, k)
         self.x16 = np.empty((rows, d), dtype=np.uint16)
         self.g16 = torch.empty(rows * k, dtype=torch.bfloat16)
         self.rn = np.empty(rows, dtype=np.float32)
@@ -677,6 +681,8 @@ class FusedAssigner(Assigner):
         self.task_rows = task_rows
         self.screen = resolve_screen(screen)
         self._kernel = _kernel()
+        self._screen_fns = _screen_kernels() if self.screen == "bfloat16" else None
+        self._scratch: dict[int, _ScreenScratch] = {}  # per worker, kept between chunks
         self._screen_low = False  # this pass still screens in bfloat16 (see _task_screened)
         self._norms = _norms_kernel()
         self._bufs: list[torch.Tensor] = []
@@ -814,7 +820,7 @@ class FusedAssigner(Assigner):
             best = np.empty(rows, dtype=np.float32)
             near = np.empty(rows, dtype=np.int32)
             norms = np.ones(rows, dtype=np.float32)  # spherical: the distance is 1 - x·c
-            scratch = _ScreenScratch(rows, self.d, k) if screened else None
+            scratch = self._worker_scratch(t, rows) if screened else None
             while True:
                 i = next(tasks)
                 if i >= n_tasks:
@@ -865,6 +871,13 @@ class FusedAssigner(Assigner):
             total += obj[0]
         return labels, dists, total
 
+    def _worker_scratch(self, t: int, rows: int) -> _ScreenScratch:
+        """Worker t's screen buffers for tasks of ``rows`` rows (made again when they change)."""
+        sc = self._scratch.get(t)
+        if sc is None or sc.shape != (rows, self.d, self.k):
+            sc = self._scratch[t] = _ScreenScratch(rows, self.d, self.k)
+        return sc
+
     def _task_screened(
         self,
         xb: np.ndarray,
@@ -886,7 +899,8 @@ class FusedAssigner(Assigner):
         its float32 GEMM would (``rows re-checked · K + distances · D / 4 > B·K·D / 200``, a
         rough count of nanoseconds on a core): data without cluster structure leaves many
         near-ties that the coarse screen cannot separate. The labels do not depend on it."""
-        center_round, screen = _screen_kernels()
+        assert self._screen_fns is not None
+        center_round, screen = self._screen_fns
         nb = xb.shape[0]
         k, d = self.k, self.d
         sc = scratch

@@ -53,6 +53,7 @@ from clusterfit.cluster.assign import (
     faiss_has_gpu,
     import_faiss,
     numba_available,
+    resolve_screen,
 )
 from clusterfit.cluster.lloyd import (
     SPLIT_EPS,
@@ -150,7 +151,8 @@ class KMeans(ClusterMixin, BaseEstimator):
         ``objective`` (of that iteration's assignment, before its centroid update), ``n_points``,
         ``n_empty_reseeded``, ``seconds``.
     n_reseeded_: empty clusters re-seeded, over all iterations.
-    pca_: :class:`PCA` or None. backend_, device_: what was used. n_features_in_: D.
+    pca_: :class:`PCA` or None. backend_, device_, screen_ (the fused backend's, else None):
+    what was used. n_features_in_: D.
     """
 
     def __init__(
@@ -296,6 +298,7 @@ class KMeans(ClusterMixin, BaseEstimator):
         if self.pca_dim is not None and self.pca_dim > d:
             raise ConfigError(f"pca_dim={self.pca_dim} exceeds the {d} features of X")
         self.backend_, self.device_, self._faiss_gpu = self._resolve_backend(rows)
+        self.screen_ = resolve_screen(self.screen) if self.backend_ == "fused" else None
         device = self.device_
         rank = cfdist.get_rank()
         chunk = self._chunk_rows(d)

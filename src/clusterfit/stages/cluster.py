@@ -4,7 +4,8 @@
 §5.2) or ``prototype`` (per-label means as centres, one assignment step, App. A). Writes
 ``clusters/assignments.npy`` (N int64), ``centroids.npy`` (K x D), ``stats.json`` (objective per
 iteration, cluster sizes, empty clusters, NMI/ARI/purity against true labels when known, the
-k-means backend used). ``cluster.backend`` (auto | fused | faiss | torch) goes to both k-means
+k-means backend and screen used). ``cluster.backend`` (auto | fused | faiss | torch) and
+``cluster.screen`` (auto | bfloat16 | float32: the fused backend's GEMM) go to both k-means
 methods.
 """
 
@@ -66,7 +67,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     history: list[dict[str, Any]] = []
     reseeded = 0
-    backend = None  # the k-means backend used (method=kmeans)
+    backend = screen = None  # the k-means backend (and fused screen) used (method=kmeans)
     if c.method == "kmeans":
         km = KMeans(
             c.k,
@@ -86,6 +87,7 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
         assignments, centroids = km.labels_, km.cluster_centers_
         history, reseeded = km.history_, km.n_reseeded_
         backend = km.backend_
+        screen = km.screen_
     elif c.method == "per_label":
         assignments, centroids, _ = per_label_kmeans(
             X,
@@ -113,6 +115,8 @@ def run_task(ctx: Context, task: int = 0) -> dict[str, Any]:
     stats["seconds"] = round(seconds, 3)
     if backend is not None:
         stats["backend"] = backend
+    if screen is not None:
+        stats["screen"] = screen
     save_npy(st.dir / "assignments.npy", np.asarray(assignments, dtype=np.int64))
     save_npy(st.dir / "centroids.npy", np.asarray(centroids, dtype=np.float32))
     write_json(st.dir / "stats.json", stats)
