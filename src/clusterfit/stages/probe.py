@@ -252,16 +252,29 @@ def linear_protocol(ctx: Context) -> dict[str, Any]:
 
 
 def cell_features(
-    ctx: Context, net: Net, name: str, train: ImageSet, test: ImageSet, layers: list[str]
+    ctx: Context,
+    net: Net,
+    name: str,
+    train: ImageSet,
+    test: ImageSet,
+    layers: list[str],
+    reuse: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The features of ``layers`` (each average-pooled to at most ``probe.max_dims``; N x D) of
-    a target's train and test images, each layer extracted once in one pass over the images."""
+    a target's train and test images, each layer extracted once in one pass over the images.
+    ``reuse``: an earlier cell's (train, test) features, overwritten where the shapes match
+    (:func:`~clusterfit.features.compute_features`)."""
     pc = ctx.cfg.probe
     layers = list(dict.fromkeys(layers))
     pool = functools.partial(pool_to_dims, max_dims=pc.max_dims)
     common = {"batch_size": pc.batch_size, "device": ctx.device, "progress": ctx.progress}
-    feats_train = compute_features(net, train, layers, pool=pool, desc=f"{name} train", **common)
-    feats_test = compute_features(net, test, layers, pool=pool, desc=f"{name} test", **common)
+    old_train, old_test = reuse or ({}, {})
+    feats_train = compute_features(
+        net, train, layers, pool=pool, desc=f"{name} train", reuse=old_train, **common
+    )
+    feats_test = compute_features(
+        net, test, layers, pool=pool, desc=f"{name} test", reuse=old_test, **common
+    )
     assert feats_train is not None and feats_test is not None
     return feats_train, feats_test
 
@@ -275,15 +288,26 @@ def probe_cell(
     train_y: np.ndarray,
     test: ImageSet,
     test_y: np.ndarray,
+    spare: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """All probes of one network on one target: a linear probe per layer, and kNN on ``pool``."""
+    """All probes of one network on one target: a linear probe per layer, and kNN on ``pool``.
+
+    ``spare``: the previous cell's features, by target. This cell overwrites them when they are
+    of its target (the same shapes: no fresh arrays to fault in) and frees them otherwise, then
+    leaves its own there for the next cell."""
     pc = ctx.cfg.probe
     wanted = [
         *pc.layers,
         *(["pool"] if pc.knn else []),
         *(pc.lowshot_layers if pc.lowshot_shots else []),
     ]
-    feats_train, feats_test = cell_features(ctx, net, m.name, train, test, wanted)
+    reuse = None
+    if spare is not None:
+        reuse = spare.pop(target.name, None)
+        spare.clear()  # another target's: freed before this cell's are made
+    feats_train, feats_test = cell_features(ctx, net, m.name, train, test, wanted, reuse)
+    if spare is not None:
+        spare[target.name] = (feats_train, feats_test)
     base = {"model": m.name, "target": target.name, **_context_fields(ctx, m)}
     records = []
 
@@ -358,6 +382,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cells = ctx.run_dir / CELLS
     settings = _probe_settings(ctx)
     records: list[dict[str, Any]] = []
+    spare: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
     for m in models:
         net = None
         made_with = settings_digest(ctx, m)
@@ -381,7 +406,7 @@ def run(ctx: Context) -> dict[str, Any]:
             if m.kind == "random":
                 net = random_floor(ctx, net, train)
             ctx.say(f"{st.name}: {m.name} on {target.name} ({len(train)} train / {len(test)} test)")
-            cell = probe_cell(ctx, net, m, target, train, train_y, test, test_y)
+            cell = probe_cell(ctx, net, m, target, train, train_y, test, test_y, spare)
             write_json(path, cell)
             records.extend({**r, "settings": made_with} for r in cell)
     write_json(st.dir / "results.json", {"run": cfg.name, "records": records})
