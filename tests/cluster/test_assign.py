@@ -174,6 +174,10 @@ def hard_cases(seed: int = 0):
     # centroids that are rows: distance 0 for some, and a wide dynamic range of norms
     x = (rng.standard_normal((1000, 32)) * np.exp(rng.uniform(-4, 4, (1000, 1)))).astype(np.float32)
     out.append(("rows+scales", x, x[:77].copy(), False))
+    # so small that products of coordinates are subnormal floats (flushed to zero by AMX)
+    x = (rng.standard_normal((800, 24)) * 3e-20).astype(np.float32)
+    c = (rng.standard_normal((60, 24)) * 3e-20).astype(np.float32)
+    out.append(("subnormal products", x, c, False))
     xs = rng.standard_normal((1300, 40)).astype(np.float32)
     xs /= np.linalg.norm(xs, axis=1, keepdims=True)
     cs = xs[rng.choice(len(xs), 150, replace=False)] + 0.05 * rng.standard_normal((150, 40))
@@ -184,7 +188,7 @@ def hard_cases(seed: int = 0):
 
 
 @needs_numba
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_bfloat16_screen_gives_the_exact_nearest_centroid(case):
     """The bfloat16 screen re-checks every near-tie in float64: each label is the exact nearest
     centroid (first index on exact ties), its distance exact, and neither depends on the worker

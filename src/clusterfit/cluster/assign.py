@@ -727,7 +727,9 @@ class FusedAssigner(Assigner):
             c_max = float(np.sqrt(norms2.max(initial=0.0))) * slack
             cn_max = float(np.abs(cn).max(initial=0.0)) * slack
             a, b, cc = screen_margins(d, self.spherical, low)
-            bounds[low] = (np.float32(a * c_max), np.float32(b * cn_max), np.float32(cc))
+            # plus what flushing subnormal products and sums to zero can lose (AMX does)
+            tiny = 2.0 * (d + 2) * 2.0**-126
+            bounds[low] = (np.float32(a * c_max), np.float32(b * cn_max + tiny), np.float32(cc))
         self._bounds = bounds
         self._screen_low = True
 
