@@ -5,9 +5,10 @@ iteration. In one process, on the same synthetic Gaussian-mixture data and from 
 centroids, at 1 and at 2 threads, this times
 
 * ``fused``: ``clusterfit.cluster.KMeans(backend="fused")`` (the CPU default): n_iter Lloyd
-  iterations plus the final assignment that gives ``labels_``. Where the CPU has AMX its
-  ``screen="auto"`` is the bfloat16 screen (a bfloat16 GEMM, near-ties re-checked exactly), which
-  does not pay a float32 GEMM: its share of the float32 peak can exceed 1;
+  iterations plus the final assignment that gives ``labels_``. Where the CPU has AMX and K and
+  D are at least 256, its ``screen="auto"`` is the bfloat16 screen (a bfloat16 GEMM, near-ties
+  re-checked exactly), which does not pay a float32 GEMM: its share of the float32 peak can
+  exceed 1 (elsewhere ``fused`` and ``fused-fp32`` are the same code);
 * ``fused-fp32``: the same with ``screen="float32"``, the float32 GEMM;
 * ``torch``: the same with ``backend="torch"`` (the GPU / distributed path, here on CPU);
 * ``faiss``: ``faiss.Kmeans.train`` (every point used) plus one ``index.search`` for the labels;

@@ -169,7 +169,7 @@ class ClusterConfig:
     # auto (torch on CUDA; on CPU fused when numba is installed, else faiss, else torch) |
     # fused (cache-blocked CPU assignment fused with the centroid sums) | faiss | torch
     backend: str = "auto"
-    # the fused backend's GEMM: auto (bfloat16 where the CPU has AMX) | bfloat16 (near-ties
+    # the fused backend's GEMM: auto (bfloat16 with AMX and K, D >= 256) | bfloat16 (near-ties
     # re-checked in float64: exact labels) | float32
     screen: str = "auto"
     subsample: float | None = None  # a fraction (<= 1) or a count of points to train on

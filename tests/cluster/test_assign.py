@@ -202,6 +202,8 @@ def test_bfloat16_screen_gives_the_exact_nearest_centroid(case):
         lab, dist = a.assign(torch.from_numpy(x))
         np.testing.assert_array_equal(lab.numpy(), ref, err_msg=name)
         runs.append(dist.numpy())
+        assert a.screen_counts["rows"] == len(x)
+        assert a.screen_counts["distances"] >= len(x)  # at least the label's own
     x64, c64 = x.astype(np.float64), c[ref].astype(np.float64)
     exact = 1.0 - (x64 * c64).sum(1) if spherical else ((x64 - c64) ** 2).sum(1)
     np.testing.assert_allclose(runs[0], exact, rtol=1e-6, atol=1e-30)
@@ -272,15 +274,46 @@ def test_screen_falls_back_to_float32_on_near_ties_with_exact_labels():
     lab, _ = a.assign(torch.from_numpy(x))
     assert not a._screen_low
     np.testing.assert_array_equal(lab.numpy(), exact_argmin(x, c, False))
+    counts = a.screen_counts
+    assert counts["rows"] == len(x) and counts["float32_tasks"] == -(-len(x) // 256) - 1
+    assert counts["distances"] >= len(x)
     a.set_centroids(torch.from_numpy(c))  # each new set of centroids tries bfloat16 again
     assert a._screen_low
 
 
-def test_screen_values():
-    assert resolve_screen("float32") == "float32"
-    assert resolve_screen("auto") in SCREENS
+@needs_numba
+def test_bfloat16_screen_settles_clustered_rows_without_a_recheck():
+    """Rows near one of well-separated centres are settled by the bfloat16 screen itself: one
+    exact distance each, none sent through all the scores again, no float32 fallback."""
+    x, _, centres = make_blobs(
+        4000, 64, centers=50, cluster_std=1.0, center_box=(-20, 20), random_state=0,
+        return_centers=True,
+    )  # fmt: skip
+    a = FusedAssigner(False, n_threads=2, screen="bfloat16")
+    a.set_centroids(torch.from_numpy(centres.astype(np.float32)))
+    lab, _ = a.assign(torch.from_numpy(x.astype(np.float32)))
+    counts = a.screen_counts
+    assert counts["rows_rechecked"] == 0 and counts["float32_tasks"] == 0
+    assert counts["distances"] < 1.01 * len(x)
+    ref = exact_argmin(x.astype(np.float32), centres.astype(np.float32), False)
+    np.testing.assert_array_equal(lab.numpy(), ref)
+
+
+def test_screen_values(monkeypatch):
+    assert resolve_screen("float32", 4096, 4096) == "float32"
+    assert resolve_screen("bfloat16", 2, 2) == "bfloat16"
+    monkeypatch.setattr(assign, "amx_available", lambda: True)
+    assert resolve_screen("auto", 256, 256) == "bfloat16"
+    assert resolve_screen("auto", 255, 4096) == resolve_screen("auto", 4096, 128) == "float32"
+    monkeypatch.setattr(assign, "amx_available", lambda: False)
+    assert resolve_screen("auto", 4096, 4096) == "float32"
+    a = FusedAssigner(False, screen="auto")
+    a.set_centroids(torch.zeros((300, 300)))
+    assert a.screen_used == "float32"
     with pytest.raises(ConfigError, match="screen"):
-        resolve_screen("int8")
+        resolve_screen("int8", 1, 1)
+    with pytest.raises(ConfigError, match="screen"):
+        FusedAssigner(False, screen="fp8")
     with pytest.raises(ConfigError, match="screen"):
         KMeans(3, screen="fp16").fit(np.zeros((10, 2), dtype=np.float32))
     assert screen_margins(256, False, True)[0] > screen_margins(256, False, False)[0] > 0
