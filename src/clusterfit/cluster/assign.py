@@ -603,12 +603,13 @@ SCREENS = ("auto", "bfloat16", "float32")
 SCREEN_MIN_K = 256
 SCREEN_MIN_D = 256
 """``screen="auto"`` screens in bfloat16 from K and D of at least these. On features of a
-trained network (the demo's N_pre on its 4,000 images, tiled 10x with noise; 2 threads) a fit
-took, against the float32 GEMM, 0.61-0.80x the time at K=1000 and D=256-288, 0.90-0.99x at
-K=256, and 0.35-0.77x from D=512 and K=256; but 1.08-1.14x at K=50 (D=3136) and 1.12-1.6x at
-D=128 (K=50-1000): there 6-60 % of the rows sit within the screen's bound of a second centroid
-and are re-checked, and the float32 GEMM is cheap. (On synthetic mixtures the screen also wins
-at D=128, K=1000: 0.66x; the rule follows the real features.)"""
+trained network (``benchmarks/kmeans_screen.py``: the demo's N_pre on its 4,000 images, tiled
+10x with noise; 2 threads) a fit took, against the float32 GEMM, 0.33-0.82x the time from D=512
+and K=256, 0.64-0.78x at K=1000 and D=256-288, but 0.94-1.21x at K=256 and D=256-288 (0.95x
+and 1.08x with ``--tile 50``): there 37-49 % of the rows sit within the screen's rounding bound
+of a second centroid and are re-checked. Below, it lost: 1.02-1.10x at K=128 and D=256-288,
+1.08x at K=50 (D=3136), 1.23-1.46x at D=128. On clustered synthetic data (``kmeans.py``) it
+wins more: 0.72x at K=D=256, 0.66x at D=128, K=1000; the rule follows the real features."""
 
 
 def amx_available() -> bool:
