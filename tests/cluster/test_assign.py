@@ -17,16 +17,16 @@ from clusterfit.cluster import (
     prototype_clusters,
 )
 from clusterfit.cluster import rows as rows_mod
+from clusterfit.cluster import screen as screen_mod
 from clusterfit.cluster.assign import (
     FusedAssigner,
     TorchAssigner,
     fused_task_rows,
     nearest_centroid,
     numba_available,
-    resolve_screen,
-    screen_margins,
 )
 from clusterfit.cluster.rows import RawRows, RowSource
+from clusterfit.cluster.screen import resolve_screen, screen_margins
 from clusterfit.errors import ConfigError
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba missing")
@@ -302,10 +302,10 @@ def test_bfloat16_screen_settles_clustered_rows_without_a_recheck():
 def test_screen_values(monkeypatch):
     assert resolve_screen("float32", 4096, 4096) == "float32"
     assert resolve_screen("bfloat16", 2, 2) == "bfloat16"
-    monkeypatch.setattr(assign, "amx_available", lambda: True)
+    monkeypatch.setattr(screen_mod, "amx_available", lambda: True)
     assert resolve_screen("auto", 256, 256) == "bfloat16"
     assert resolve_screen("auto", 255, 4096) == resolve_screen("auto", 4096, 128) == "float32"
-    monkeypatch.setattr(assign, "amx_available", lambda: False)
+    monkeypatch.setattr(screen_mod, "amx_available", lambda: False)
     assert resolve_screen("auto", 4096, 4096) == "float32"
     a = FusedAssigner(False, screen="auto")
     a.set_centroids(torch.zeros((300, 300)))

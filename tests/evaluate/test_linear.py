@@ -393,7 +393,8 @@ def test_fused_sgd_step_equals_torch_sgd_with_momentum(low):
     copy of the new weights is torch's rounding bit for bit (ties to even included)."""
     import torch
 
-    from clusterfit.evaluate.linear import _bits, _sgd_kernel
+    from clusterfit.bfloat16 import bits as _bits
+    from clusterfit.evaluate.linear import _sgd_kernel
 
     gen = torch.Generator().manual_seed(4)
     r, d = 7, 301

@@ -43,7 +43,6 @@ from tqdm.auto import tqdm
 
 from clusterfit import distributed as cfdist
 from clusterfit.cluster.assign import (
-    SCREENS,
     Assigner,
     FaissAssigner,
     FusedAssigner,
@@ -70,6 +69,7 @@ from clusterfit.cluster.rows import (
     normalise_rows,
     validate_rows,
 )
+from clusterfit.cluster.screen import SCREENS
 from clusterfit.errors import ConfigError, DataError
 
 __all__ = ["PCA", "SPLIT_EPS", "KMeans", "faiss_available", "faiss_kmeans"]

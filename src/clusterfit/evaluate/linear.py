@@ -61,6 +61,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from clusterfit.bfloat16 import amx_available, bits
 from clusterfit.errors import ClusterFitError
 from clusterfit.evaluate._common import (
     as_features,
@@ -95,9 +96,8 @@ def native_bfloat16(device: torch.device) -> bool:
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    return amx_available() or bool(avx512_bf16())
 
 
 def resolve_precision(precision: str, device: str | torch.device | None = None) -> str:
@@ -325,11 +325,6 @@ def _sgd_kernel() -> Callable[..., None]:
     return sgd_step  # type: ignore[no-any-return]
 
 
-def _bits(t: torch.Tensor) -> np.ndarray:
-    """The raw 16-bit patterns of a CPU bfloat16 tensor, as a numpy uint16 view."""
-    return t.view(torch.int16).numpy().view(np.uint16)
-
-
 def _train_stacked(
     z: torch.Tensor,
     y: torch.Tensor,
@@ -409,7 +404,7 @@ def _train_stacked(
         w_low = torch.zeros(padded, feats.shape[1], dtype=torch.bfloat16) if low else None
         none16, none32 = np.zeros((0, 0), dtype=np.uint16), np.zeros((0, 0), dtype=np.float32)
         w_np, buf_np = w.numpy(), state["buf_w"].numpy()
-        w_low_np = _bits(w_low[:rows]) if w_low is not None else none16
+        w_low_np = bits(w_low[:rows]) if w_low is not None else none16
         lr_np = [col.squeeze(1).numpy() for col in lr_cols]
         wd32, m32 = np.float32(weight_decay), np.float32(momentum)
 
@@ -435,7 +430,7 @@ def _train_stacked(
         b.addcmul_(buf_b, lr.squeeze(1), value=-1.0)
         if fused:
             if low:
-                grad, grad_bits = none32, _bits(torch.mm(g.t().to(torch.bfloat16), xb))
+                grad, grad_bits = none32, bits(torch.mm(g.t().to(torch.bfloat16), xb))
             else:
                 grad, grad_bits = torch.mm(g.t(), xb).numpy(), none16
             step_kernel(grad, grad_bits, w_np, buf_np, lr_np[third], wd32, m32, w_low_np)
